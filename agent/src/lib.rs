@@ -1,0 +1,10 @@
+//! node-agent: applies and verifies kernel tuning on low-latency trading hosts.
+//!
+//! Layering (imports point down only): `host` and `profile::types` at the ground;
+//! `profile` and `verify`; the knob classes in `tuning`; `cli` on top. The binaries are thin.
+
+pub mod cli;
+pub mod host;
+pub mod profile;
+pub mod tuning;
+pub mod verify;

@@ -1,0 +1,321 @@
+//! Tuning profiles: the TOML model, strict parsing into validated types, include chains with
+//! later-wins merging. See docs/PROFILE-FORMAT.md.
+
+mod load;
+pub mod types;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ProfileError, SearchPath, load, load_file_only, resolve};
+use types::*;
+pub use value::Expected;
+
+/// One profile file as written. Unknown keys anywhere are errors.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    #[serde(default)]
+    pub profile: Meta,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl: BTreeMap<SysctlKey, Expected>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<BlockRule>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<LimitDomain, BTreeMap<LimitItem, LimitSetting>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount: Vec<MountRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clocksource: Option<Clocksource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Defaults to the file name without `.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<ProfileName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Profiles merged first, in order; this file's own keys win over them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cpu {
+    /// CPUs the per-CPU settings apply to; every online CPU when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<CpuList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governor: Option<Governor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Idle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_freq: Option<Frequency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_freq: Option<Frequency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_perf_bias: Option<EnergyPerfBias>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_performance_preference: Option<EnergyPerfPreference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boost: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_perf_pct: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pm_qos_latency_us: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Idle {
+    /// Disable every cpuidle state whose exit latency exceeds this many microseconds; the
+    /// others must stay enabled. 0 leaves only POLL.
+    pub max_latency_us: u32,
+}
+
+/// 0-100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Percent(pub u8);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u8::deserialize(d)?;
+        if n > 100 {
+            return Err(serde::de::Error::custom(format!(
+                "invalid percentage {n}: expected 0-100"
+            )));
+        }
+        Ok(Percent(n))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent_hugepage: Option<ThpEnabled>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent_hugepage_defrag: Option<ThpDefrag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<SwapState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksm: Option<KsmState>,
+    /// Persistent huge pages per size: `"2M" = 1024` or `"1G" = { min = 4 }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hugepages: BTreeMap<HugepageSize, Expected>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, try_from = "BlockRuleRaw")]
+pub struct BlockRule {
+    pub devices: DeviceGlob,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<IoScheduler>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_ahead_kb: Option<Expected>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRuleRaw {
+    devices: DeviceGlob,
+    #[serde(default)]
+    scheduler: Option<IoScheduler>,
+    #[serde(default)]
+    read_ahead_kb: Option<Expected>,
+}
+
+impl TryFrom<BlockRuleRaw> for BlockRule {
+    type Error = String;
+    fn try_from(r: BlockRuleRaw) -> Result<Self, String> {
+        if r.scheduler.is_none() && r.read_ahead_kb.is_none() {
+            return Err(format!(
+                "block rule for {:?} sets nothing: give `scheduler` and/or `read_ahead_kb`",
+                r.devices.as_str()
+            ));
+        }
+        Ok(BlockRule {
+            devices: r.devices,
+            scheduler: r.scheduler,
+            read_ahead_kb: r.read_ahead_kb,
+        })
+    }
+}
+
+/// One limits item: the same value for soft and hard, or `{ soft = .., hard = .. }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LimitSetting {
+    pub soft: Option<LimitValue>,
+    pub hard: Option<LimitValue>,
+}
+
+impl<'de> Deserialize<'de> for LimitSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Split {
+            soft: Option<LimitValue>,
+            hard: Option<LimitValue>,
+        }
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a limit (number or \"unlimited\") or { soft = .., hard = .. }"
+        )]
+        enum Raw {
+            Both(LimitValue),
+            Split(Split),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Both(v) => Ok(LimitSetting {
+                soft: Some(v),
+                hard: Some(v),
+            }),
+            Raw::Split(Split {
+                soft: None,
+                hard: None,
+            }) => Err(serde::de::Error::custom(
+                "a limit table needs `soft`, `hard` or both",
+            )),
+            Raw::Split(Split { soft, hard }) => Ok(LimitSetting { soft, hard }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, try_from = "MountRuleRaw")]
+pub struct MountRule {
+    pub path: MountPath,
+    pub options: Vec<MountOption>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountRuleRaw {
+    path: MountPath,
+    options: Vec<MountOption>,
+}
+
+impl TryFrom<MountRuleRaw> for MountRule {
+    type Error = String;
+    fn try_from(r: MountRuleRaw) -> Result<Self, String> {
+        if r.options.is_empty() {
+            return Err(format!("mount rule for {} lists no options", r.path));
+        }
+        Ok(MountRule {
+            path: r.path,
+            options: r.options,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Clocksource {
+    pub current: ClocksourceName,
+}
+
+/// A profile with its includes merged: what verify and apply work from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    pub description: Option<String>,
+    /// The file named on the command line (or found on the search path).
+    pub source: PathBuf,
+    /// Every file that contributed, includes first.
+    pub files: Vec<PathBuf>,
+    pub settings: ProfileFile,
+}
+
+impl Profile {
+    /// The merged settings rendered as one TOML document (`agentctl tune show`).
+    pub fn to_toml(&self) -> String {
+        let mut flat = self.settings.clone();
+        flat.profile.include.clear();
+        flat.profile.name = self.name.parse().ok();
+        flat.profile.description = self.description.clone();
+        toml::to_string_pretty(&flat).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl ProfileFile {
+    /// Merges `over` on top of `self`: every key `over` sets wins; sections merge key by key.
+    /// The `[profile]` table (name, description) is not inherited: `over`'s replaces it.
+    pub fn merge(&mut self, over: ProfileFile) {
+        self.profile = over.profile;
+        self.sysctl.extend(over.sysctl);
+        if let Some(c) = over.cpu {
+            let base = self.cpu.get_or_insert_with(Cpu::default);
+            macro_rules! take {
+                ($($f:ident),*) => { $( if c.$f.is_some() { base.$f = c.$f; } )* };
+            }
+            take!(
+                cpus,
+                governor,
+                idle,
+                min_freq,
+                max_freq,
+                energy_perf_bias,
+                energy_performance_preference,
+                boost,
+                min_perf_pct,
+                pm_qos_latency_us
+            );
+        }
+        if let Some(m) = over.memory {
+            let base = self.memory.get_or_insert_with(Memory::default);
+            macro_rules! take {
+                ($($f:ident),*) => { $( if m.$f.is_some() { base.$f = m.$f; } )* };
+            }
+            take!(transparent_hugepage, transparent_hugepage_defrag, swap, ksm);
+            base.hugepages.extend(m.hugepages);
+        }
+        for rule in over.block {
+            match self.block.iter_mut().find(|r| r.devices == rule.devices) {
+                Some(base) => {
+                    if rule.scheduler.is_some() {
+                        base.scheduler = rule.scheduler;
+                    }
+                    if rule.read_ahead_kb.is_some() {
+                        base.read_ahead_kb = rule.read_ahead_kb;
+                    }
+                }
+                None => self.block.push(rule),
+            }
+        }
+        for (domain, items) in over.limits {
+            let base = self.limits.entry(domain).or_default();
+            for (item, setting) in items {
+                let slot = base.entry(item).or_insert(LimitSetting {
+                    soft: None,
+                    hard: None,
+                });
+                if setting.soft.is_some() {
+                    slot.soft = setting.soft;
+                }
+                if setting.hard.is_some() {
+                    slot.hard = setting.hard;
+                }
+            }
+        }
+        for rule in over.mount {
+            match self.mount.iter_mut().find(|r| r.path == rule.path) {
+                Some(base) => *base = rule,
+                None => self.mount.push(rule),
+            }
+        }
+        if over.clocksource.is_some() {
+            self.clocksource = over.clocksource;
+        }
+    }
+}
