@@ -149,6 +149,16 @@ pub fn load(spec: &str, search: &SearchPath) -> Result<Profile, ProfileError> {
     let path = resolve(spec, search)?;
     let mut files = Vec::new();
     let settings = load_chain(&path, search, &mut Vec::new(), &mut files)?;
+    if settings.is_empty() {
+        return Err(ProfileError::Invalid {
+            path,
+            line: 1,
+            column: 1,
+            message: "the profile sets nothing: add at least one of [sysctl], [cpu], [memory], \
+                      [[block]], [limits], [[mount]], [clocksource], or include a profile"
+                .into(),
+        });
+    }
     let name = match &settings.profile.name {
         Some(n) => n.to_string(),
         None => file_stem(&path),

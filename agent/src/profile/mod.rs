@@ -161,34 +161,54 @@ pub struct LimitSetting {
 
 impl<'de> Deserialize<'de> for LimitSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Split {
-            soft: Option<LimitValue>,
-            hard: Option<LimitValue>,
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LimitSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a limit (a number or \"unlimited\") or { soft = .., hard = .. }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<LimitSetting, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<LimitSetting, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LimitSetting, E> {
+                let v: LimitValue = s.parse().map_err(E::custom)?;
+                Ok(LimitSetting {
+                    soft: Some(v),
+                    hard: Some(v),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LimitSetting, A::Error> {
+                use serde::de::Error;
+                let mut out = LimitSetting {
+                    soft: None,
+                    hard: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "soft" => &mut out.soft,
+                        "hard" => &mut out.hard,
+                        other => return Err(A::Error::unknown_field(other, &["soft", "hard"])),
+                    };
+                    if slot.is_some() {
+                        return Err(A::Error::duplicate_field("soft/hard"));
+                    }
+                    *slot = Some(map.next_value::<LimitValue>()?);
+                }
+                if out.soft.is_none() && out.hard.is_none() {
+                    return Err(A::Error::custom(
+                        "a limit table needs `soft`, `hard` or both",
+                    ));
+                }
+                Ok(out)
+            }
         }
-        #[derive(Deserialize)]
-        #[serde(
-            untagged,
-            expecting = "a limit (number or \"unlimited\") or { soft = .., hard = .. }"
-        )]
-        enum Raw {
-            Both(LimitValue),
-            Split(Split),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Both(v) => Ok(LimitSetting {
-                soft: Some(v),
-                hard: Some(v),
-            }),
-            Raw::Split(Split {
-                soft: None,
-                hard: None,
-            }) => Err(serde::de::Error::custom(
-                "a limit table needs `soft`, `hard` or both",
-            )),
-            Raw::Split(Split { soft, hard }) => Ok(LimitSetting { soft, hard }),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -249,6 +269,17 @@ impl Profile {
 }
 
 impl ProfileFile {
+    /// True when no section sets anything (an empty file, or only `[profile]`).
+    pub fn is_empty(&self) -> bool {
+        self.sysctl.is_empty()
+            && self.cpu.as_ref().is_none_or(|c| *c == Cpu::default())
+            && self.memory.as_ref().is_none_or(|m| *m == Memory::default())
+            && self.block.is_empty()
+            && self.limits.is_empty()
+            && self.mount.is_empty()
+            && self.clocksource.is_none()
+    }
+
     /// Merges `over` on top of `self`: every key `over` sets wins; sections merge key by key.
     /// The `[profile]` table (name, description) is not inherited: `over`'s replaces it.
     pub fn merge(&mut self, over: ProfileFile) {
