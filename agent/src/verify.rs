@@ -227,8 +227,8 @@ impl Report {
             let _ = writeln!(out, "\n{}", class.as_str().to_uppercase());
             let _ = writeln!(
                 out,
-                "  {:<W_STATUS$} {:<W_KEY$} {:<W_VAL$} {}",
-                "STATUS", "KEY", "EXPECTED", "ACTUAL"
+                "  {:<W_STATUS$} {:<W_KEY$} {:<W_VAL$} ACTUAL",
+                "STATUS", "KEY", "EXPECTED"
             );
             for i in items {
                 let actual = i.actual.as_deref().unwrap_or("-");
