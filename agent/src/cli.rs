@@ -5,9 +5,14 @@ use std::io::Write;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::{Audit, Caller};
 use crate::host::HostRoot;
-use crate::profile::{self, ProfileError, SearchPath};
+use crate::profile::{self, Profile, ProfileError, SearchPath};
+use crate::rollback::apply::{self, ApplyError, RollbackOutcome, Session};
+use crate::rollback::journal::{RunState, StateDir, StateError};
+use crate::system::{NoSystem, RealSystem, SystemActions};
 use crate::tuning;
+use crate::verify::{InterruptedApply, Report};
 
 /// Exit codes, one table for all of agentctl (docs/OPERATIONS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,27 @@ impl From<ProfileError> for CliError {
     }
 }
 
+impl From<StateError> for CliError {
+    fn from(e: StateError) -> Self {
+        CliError {
+            code: Exit::CannotRun,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<ApplyError> for CliError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::State(e) => e.into(),
+            failed @ ApplyError::Failed(_) => CliError {
+                code: Exit::Failed,
+                error: failed.into(),
+            },
+        }
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError {
@@ -58,7 +84,7 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-/// Control node-agent: verify kernel tuning against profiles.
+/// Control node-agent: verify, apply and roll back kernel tuning profiles.
 ///
 /// Exit codes: 0 compliant or success; 1 drift found; 2 invalid input; 3 could not run;
 /// 4 the operation failed.
@@ -76,13 +102,13 @@ pub struct Cli {
 pub enum Output {
     /// For people.
     Table,
-    /// For machines; versioned by `schema_version`.
+    /// For machines; reports carry a `schema_version`.
     Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Verify and inspect this host's tuning.
+    /// Verify, apply and roll back this host's tuning.
     #[command(subcommand)]
     Tune(Tune),
     /// Validate and list tuning profiles.
@@ -95,7 +121,7 @@ pub enum Tune {
     /// Compare this host with a profile, item by item. Read-only.
     ///
     /// Exit 0 when compliant, 1 when any item is drift, pending-reboot, not-persistent or
-    /// error (unsupported too with --strict).
+    /// error (unsupported too with --strict), or when an earlier apply was interrupted.
     Verify {
         #[command(flatten)]
         profile: ProfileArg,
@@ -103,6 +129,31 @@ pub enum Tune {
         #[arg(long)]
         strict: bool,
     },
+    /// Change this host to match a profile, recording every original value first so
+    /// `tune rollback` can restore it, then verify.
+    ///
+    /// Exit 0 when the host is compliant afterwards, 1 when findings remain that apply cannot
+    /// fix, 3 when another apply or rollback holds the lock, 4 when a write failed (what this
+    /// run had changed is restored).
+    Apply {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Print the plan (`class key: current → target`) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore every value the agent changed, newest first, and remove the files it created.
+    ///
+    /// A value someone else changed after the agent set it is reported and left alone unless
+    /// --force. Exit 0 when everything was restored, 1 when values were left alone, 4 when a
+    /// restore failed.
+    Rollback {
+        /// Restore values even where someone else changed them since the agent set them.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Which profile is applied, when and by whom, and whether an apply was interrupted.
+    Status,
     /// Print the effective profile after merging its includes.
     Show {
         #[command(flatten)]
@@ -134,49 +185,104 @@ pub struct ProfileArg {
 pub struct Context {
     pub host: HostRoot,
     pub search: SearchPath,
+    pub state: StateDir,
 }
 
 impl Context {
-    /// `NODE_AGENT_HOST_ROOT` and `NODE_AGENT_PROFILE_PATH`.
+    /// `NODE_AGENT_HOST_ROOT`, `NODE_AGENT_PROFILE_PATH` and `NODE_AGENT_STATE_DIR`.
     pub fn from_env() -> Self {
         Context {
             host: HostRoot::from_env(),
             search: SearchPath::from_env(),
+            state: StateDir::from_env(),
         }
     }
+
+    /// Swap and remount act on the real machine only; under another host root they are refused.
+    fn system(&self) -> Box<dyn SystemActions> {
+        if self.host.is_live() {
+            Box::new(RealSystem)
+        } else {
+            Box::new(NoSystem {
+                why: format!(
+                    "system calls act on the running machine, not on the host root {}",
+                    self.host.root().display()
+                ),
+            })
+        }
+    }
+}
+
+fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )
 }
 
 pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliError> {
     match &cli.command {
         Command::Tune(Tune::Verify { profile, strict }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
-            let report = tuning::verify(&ctx.host, &profile);
+            let mut report = tuning::verify(&ctx.host, &profile);
+            report.interrupted_apply = interrupted_apply(&ctx.state);
             match cli.output {
                 Output::Json => writeln!(out, "{}", report.to_json())?,
                 Output::Table => write!(out, "{}", report.to_table())?,
             }
-            Ok(if report.is_compliant(*strict) {
-                Exit::Ok
-            } else {
+            Ok(verdict(&report, *strict))
+        }
+        Command::Tune(Tune::Apply { profile, dry_run }) => {
+            let profile = profile::load(&profile.profile, &ctx.search)?;
+            if *dry_run {
+                let (plan, _) = apply::plan(&ctx.host, &profile, None);
+                match cli.output {
+                    Output::Json => writeln!(out, "{}", plan.to_json())?,
+                    Output::Table => write!(out, "{}", plan.to_table())?,
+                }
+                return Ok(Exit::Ok);
+            }
+            run_apply(cli.output, ctx, &profile, out)
+        }
+        Command::Tune(Tune::Rollback { force }) => {
+            let mut system = ctx.system();
+            let audit = Audit::new(Some(ctx.state.path()));
+            let mut session = Session {
+                host: &ctx.host,
+                state: &ctx.state,
+                system: system.as_mut(),
+                audit: &audit,
+                caller: Caller::current(),
+            };
+            let outcome = apply::rollback(&mut session, *force)?;
+            match cli.output {
+                Output::Json => json(out, &outcome)?,
+                Output::Table => write!(out, "{}", rollback_table(&outcome))?,
+            }
+            Ok(if !outcome.failed.is_empty() {
+                Exit::Failed
+            } else if !outcome.left_alone.is_empty() {
                 Exit::Drift
+            } else {
+                Exit::Ok
             })
         }
+        Command::Tune(Tune::Status) => status(cli.output, ctx, out),
         Command::Tune(Tune::Show { profile }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
             match cli.output {
                 Output::Json => {
                     let mut flat = profile.settings.clone();
                     flat.profile.include.clear();
-                    let json = serde_json::json!({
-                        "name": profile.name,
-                        "description": profile.description,
-                        "files": profile.files,
-                        "settings": flat,
-                    });
-                    writeln!(
+                    json(
                         out,
-                        "{}",
-                        serde_json::to_string_pretty(&json).unwrap_or_default()
+                        &serde_json::json!({
+                            "name": profile.name,
+                            "description": profile.description,
+                            "files": profile.files,
+                            "settings": flat,
+                        }),
                     )?;
                 }
                 Output::Table => {
@@ -193,19 +299,15 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             let profile = profile::load(file, &ctx.search)?;
             let warnings = unknown_sysctls(&ctx.host, &profile);
             match cli.output {
-                Output::Json => {
-                    let json = serde_json::json!({
+                Output::Json => json(
+                    out,
+                    &serde_json::json!({
                         "valid": true,
                         "name": profile.name,
                         "files": profile.files,
                         "warnings": warnings,
-                    });
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string_pretty(&json).unwrap_or_default()
-                    )?;
-                }
+                    }),
+                )?,
                 Output::Table => {
                     writeln!(
                         out,
@@ -225,11 +327,7 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
         Command::Profile(ProfileCmd::List) => {
             let listed = ctx.search.list();
             match cli.output {
-                Output::Json => writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&listed).unwrap_or_default()
-                )?,
+                Output::Json => json(out, &listed)?,
                 Output::Table => {
                     if listed.is_empty() {
                         let dirs: Vec<String> = ctx
@@ -249,6 +347,196 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             Ok(Exit::Ok)
         }
     }
+}
+
+fn verdict(report: &Report, strict: bool) -> Exit {
+    if report.is_compliant(strict) {
+        Exit::Ok
+    } else {
+        Exit::Drift
+    }
+}
+
+fn run_apply(
+    output: Output,
+    ctx: &Context,
+    profile: &Profile,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let mut system = ctx.system();
+    let audit = Audit::new(Some(ctx.state.path()));
+    let mut session = Session {
+        host: &ctx.host,
+        state: &ctx.state,
+        system: system.as_mut(),
+        audit: &audit,
+        caller: Caller::current(),
+    };
+    let outcome = apply::apply(&mut session, profile, None)?;
+    match output {
+        Output::Json => json(out, &outcome)?,
+        Output::Table => {
+            if let Some(run) = &outcome.interrupted {
+                writeln!(
+                    out,
+                    "note: the previous apply ({} by {}, {} of {} steps done) had been interrupted",
+                    run.profile,
+                    run.user,
+                    run.steps.iter().filter(|s| s.done).count(),
+                    run.steps.len()
+                )?;
+            }
+            if outcome.plan.is_empty() {
+                writeln!(out, "nothing to change")?;
+            } else {
+                writeln!(out, "applied {} change(s):", outcome.plan.changes.len())?;
+                for c in &outcome.plan.changes {
+                    writeln!(
+                        out,
+                        "  {} {}: {} → {}",
+                        c.class.as_str(),
+                        c.key,
+                        c.from.describe(),
+                        c.to.describe()
+                    )?;
+                }
+            }
+            writeln!(out)?;
+            write!(out, "{}", outcome.after.to_table())?;
+        }
+    }
+    Ok(verdict(&outcome.after, false))
+}
+
+fn rollback_table(o: &RollbackOutcome) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if o.restored.is_empty() && o.is_complete() {
+        s.push_str("nothing to roll back\n");
+    }
+    if !o.restored.is_empty() {
+        let _ = writeln!(s, "restored {} value(s):", o.restored.len());
+        for r in &o.restored {
+            let _ = writeln!(
+                s,
+                "  {} {}: {} → {}",
+                r.class.as_str(),
+                r.key,
+                r.from.describe(),
+                r.to.describe()
+            );
+        }
+    }
+    for (title, list) in [
+        ("left alone", &o.left_alone),
+        ("FAILED to restore", &o.failed),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "{title} ({}), kept in the journal:", list.len());
+        for n in list {
+            let current = n.current.as_ref().map_or("?".into(), |c| c.describe());
+            let _ = writeln!(
+                s,
+                "  {} {}: now {current}, original {}: {}",
+                n.class.as_str(),
+                n.key,
+                n.original.describe(),
+                n.reason
+            );
+        }
+    }
+    s
+}
+
+/// The journal's last run when it never finished and no process holds the lock.
+fn interrupted_apply(state: &StateDir) -> Option<InterruptedApply> {
+    let journal = state.load().ok()?;
+    let run = journal.unfinished()?;
+    if state.holder().is_some() {
+        return None;
+    }
+    Some(InterruptedApply {
+        profile: run.profile.clone(),
+        started: run.started,
+        user: run.user.clone(),
+        steps_done: run.steps.iter().filter(|s| s.done).count(),
+        steps_total: run.steps.len(),
+    })
+}
+
+fn status(output: Output, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliError> {
+    let journal = ctx.state.load()?;
+    let holder = ctx.state.holder();
+    let applied = journal.last_complete();
+    let unfinished = journal.unfinished();
+    let state = match (unfinished, &holder) {
+        (Some(_), Some(_)) => "apply-running",
+        (Some(_), None) => "interrupted",
+        (None, _) if journal.baseline.is_empty() => "not-applied",
+        (None, _) => match journal.runs.last().map(|r| r.state) {
+            Some(RunState::FailedRolledBack) => "last-apply-failed",
+            _ => "applied",
+        },
+    };
+    match output {
+        Output::Json => json(
+            out,
+            &serde_json::json!({
+                "schema_version": 1,
+                "state": state,
+                "state_dir": ctx.state.path(),
+                "applied": applied,
+                "last_run": journal.runs.last(),
+                "lock_holder_pid": holder,
+                "recorded_values": journal.baseline.len(),
+            }),
+        )?,
+        Output::Table => {
+            writeln!(out, "state: {state}")?;
+            if let Some(run) = applied {
+                writeln!(
+                    out,
+                    "applied: profile {} ({}) at {} by {} (uid {}), {} change(s)",
+                    run.profile,
+                    run.profile_path,
+                    crate::verify::format_time(run.finished.unwrap_or(run.started)),
+                    run.user,
+                    run.uid,
+                    run.steps.len()
+                )?;
+            }
+            if let Some(run) = journal.runs.last().filter(|r| Some(*r) != applied) {
+                writeln!(
+                    out,
+                    "last run: profile {} at {} by {}: {} ({} of {} steps done){}",
+                    run.profile,
+                    crate::verify::format_time(run.started),
+                    run.user,
+                    match (run.state, &holder) {
+                        (RunState::InProgress, Some(_)) => "running now",
+                        (RunState::InProgress | RunState::Interrupted, _) => "INTERRUPTED",
+                        (RunState::FailedRolledBack, _) => "failed, rolled back",
+                        (RunState::Complete, _) => "complete",
+                    },
+                    run.steps.iter().filter(|s| s.done).count(),
+                    run.steps.len(),
+                    run.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )?;
+            }
+            writeln!(
+                out,
+                "recorded original values: {} (restored by `agentctl tune rollback`)",
+                journal.baseline.len()
+            )?;
+            writeln!(out, "state directory: {}", ctx.state.path().display())?;
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// sysctl keys of the profile that this kernel does not have: most likely typos.

@@ -20,6 +20,13 @@ pub enum HostError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to list {path}: {source}")]
     List {
         path: PathBuf,
@@ -34,7 +41,9 @@ impl HostError {
     /// that reading failed (`error`).
     pub fn is_not_found(&self) -> bool {
         match self {
-            HostError::Read { source, .. } | HostError::List { source, .. } => {
+            HostError::Read { source, .. }
+            | HostError::List { source, .. }
+            | HostError::Write { source, .. } => {
                 matches!(
                     source.kind(),
                     io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
@@ -103,13 +112,17 @@ impl HostRoot {
     /// Reads a whole host file as text. Errors carry the real path read.
     pub fn read(&self, host_path: impl AsRef<Path>) -> Result<String, HostError> {
         let path = self.path(host_path)?;
-        std::fs::read_to_string(&path).map_err(|source| HostError::Read { path, source })
+        read_small(&path)
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            })
+            .map_err(|source| HostError::Read { path, source })
     }
 
     /// Reads a whole host file as bytes (for binary files such as /dev/cpu_dma_latency).
     pub fn read_bytes(&self, host_path: impl AsRef<Path>) -> Result<Vec<u8>, HostError> {
         let path = self.path(host_path)?;
-        std::fs::read(&path).map_err(|source| HostError::Read { path, source })
+        read_small(&path).map_err(|source| HostError::Read { path, source })
     }
 
     /// Reads a one-value kernel file and trims the trailing newline.
@@ -142,11 +155,86 @@ impl HostRoot {
         Ok(names)
     }
 
+    /// True for the real machine; false for a fixture tree or a mounted image.
+    pub fn is_live(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// Writes one value to an existing kernel file in a single write(2); never creates it.
+    /// Under a root other than `/` the files are plain files, and the write reproduces what the
+    /// kernel would show afterwards: a choice file (`always [madvise] never`) moves its
+    /// brackets, or refuses a word it does not offer with EINVAL; any other file holds the
+    /// value and a newline.
+    pub fn write_kernel_file(&self, host_path: &str, value: &str) -> Result<(), HostError> {
+        use std::io::Write;
+        let path = self.path(host_path)?;
+        let err = |source| HostError::Write {
+            path: path.clone(),
+            value: value.to_owned(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(false)
+            .open(&path)
+            .map_err(err)?;
+        if self.is_live() {
+            return f.write_all(value.as_bytes()).map_err(err);
+        }
+        let old = std::fs::read_to_string(&path).map_err(err)?;
+        let content = if old.contains('[') {
+            let words: Vec<&str> = old
+                .split_whitespace()
+                .map(|w| w.trim_start_matches('[').trim_end_matches(']'))
+                .collect();
+            if !words.contains(&value.trim()) {
+                return Err(err(io::Error::from_raw_os_error(22)));
+            }
+            let marked: Vec<String> = words
+                .iter()
+                .map(|w| match *w == value.trim() {
+                    true => format!("[{w}]"),
+                    false => (*w).to_owned(),
+                })
+                .collect();
+            // The kernel's own layout: a trailing space before the newline in block queues.
+            let tail = if old.ends_with(" \n") { " \n" } else { "\n" };
+            format!("{}{tail}", marked.join(" "))
+        } else {
+            format!("{value}\n")
+        };
+        f.set_len(0).map_err(err)?;
+        f.write_all(content.as_bytes()).map_err(err)
+    }
+
     /// The host name, read from the kernel (so fixture trees can set it).
     pub fn hostname(&self) -> String {
         self.read_value("/proc/sys/kernel/hostname")
             .unwrap_or_else(|_| "unknown".to_owned())
     }
+}
+
+/// Reads a whole file: open, read(2) to EOF, close. `std::fs::read` and `File::read_to_end`
+/// first fstat and lseek for a size hint, which kernel files do not give (/proc says 0, sysfs
+/// 4096): two wasted syscalls per read, and verify reads dozens of files.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 512];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Undoes the kernel's octal escaping of spaces, tabs, newlines and backslashes in paths
@@ -156,9 +244,12 @@ pub fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // A byte is \000 to \377; `\777` (only in hand-written files) is left as text
+        // instead of overflowing.
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -178,6 +269,7 @@ mod tests {
     fn octal_escapes() {
         assert_eq!(unescape_octal("/a\\040b\\011c\\134d"), "/a b\tc\\d");
         assert_eq!(unescape_octal("/end\\04"), "/end\\04");
+        assert_eq!(unescape_octal("/odd\\777"), "/odd\\777");
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! Layering (imports point down only): `host` and `profile::types` at the ground;
 //! `profile` and `verify`; the knob classes in `tuning`; `cli` on top. The binaries are thin.
 
+pub mod audit;
+pub mod change;
 pub mod cli;
+pub mod failpoint;
 pub mod host;
 pub mod profile;
+pub mod rollback;
+pub mod system;
 pub mod tuning;
 pub mod verify;

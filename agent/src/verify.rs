@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::{Target, Value};
+
 /// Bumped on any incompatible change of the JSON report; additions keep the version.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -97,6 +99,18 @@ pub struct Item {
     pub status: Status,
     /// Why the status is what it is, when that is not obvious from expected vs actual.
     pub reason: Option<String>,
+    /// What apply would change to make this item pass; empty when apply cannot fix it.
+    #[serde(skip)]
+    pub fixes: Vec<Fix>,
+}
+
+/// One change that would fix a drifted item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fix {
+    pub target: Target,
+    /// The state observed now (what rollback would return to).
+    pub from: Value,
+    pub to: Value,
 }
 
 impl Item {
@@ -109,7 +123,14 @@ impl Item {
             path: None,
             status: Status::Pass,
             reason: None,
+            fixes: Vec::new(),
         }
+    }
+
+    /// Adds a change that would fix this item.
+    pub fn fix(mut self, target: Target, from: Value, to: Value) -> Item {
+        self.fixes.push(Fix { target, from, to });
+        self
     }
 
     pub fn path(mut self, path: impl Into<String>) -> Item {
@@ -183,6 +204,43 @@ pub struct Report {
     pub host: String,
     pub items: Vec<Item>,
     pub summary: Summary,
+    /// Set when the last apply on this host died midway: the host may be half-tuned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_apply: Option<InterruptedApply>,
+}
+
+/// An apply that started and never finished (the process died); `agentctl tune rollback` or a
+/// new apply resolves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptedApply {
+    pub profile: String,
+    /// Seconds since the epoch.
+    pub started: u64,
+    pub user: String,
+    pub steps_done: usize,
+    pub steps_total: usize,
+}
+
+/// `2026-11-25 22:37:08 UTC` from seconds since the epoch.
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl Report {
@@ -194,12 +252,13 @@ impl Report {
             host,
             items,
             summary,
+            interrupted_apply: None,
         }
     }
 
     /// True when nothing needs attention (`unsupported` counts only with `strict`).
     pub fn is_compliant(&self, strict: bool) -> bool {
-        !self.items.iter().any(|i| i.status.is_finding(strict))
+        self.interrupted_apply.is_none() && !self.items.iter().any(|i| i.status.is_finding(strict))
     }
 
     pub fn to_json(&self) -> String {
@@ -218,6 +277,18 @@ impl Report {
             "profile {} ({})  host {}",
             self.profile.name, self.profile.path, self.host
         );
+        if let Some(i) = &self.interrupted_apply {
+            let _ = writeln!(
+                out,
+                "\nWARNING: interrupted apply of {} by {}, started {}, {} of {} steps done.\n\
+                 The host may be half-tuned: run `agentctl tune apply` again or `agentctl tune rollback`.",
+                i.profile,
+                i.user,
+                format_time(i.started),
+                i.steps_done,
+                i.steps_total
+            );
+        }
         let mut by_class: BTreeMap<Class, Vec<&Item>> = BTreeMap::new();
         for item in &self.items {
             by_class.entry(item.class).or_default().push(item);
@@ -325,6 +396,13 @@ mod tests {
                     .reason("no cpufreq"),
             ],
         )
+    }
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_795_646_228), "2026-11-25 22:37:08 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub enum ProfileError {
     },
     #[error("{0}")]
     BadName(String),
-    #[error("failed to read profile {path}: {source}")]
+    // The cause is the source, not part of this message: agentctl prints the whole chain, and
+    // printing it here too would say it twice.
+    #[error("failed to read profile {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -191,14 +193,120 @@ fn parse_file(path: &Path) -> Result<(String, ProfileFile), ProfileError> {
     match toml::from_str::<ProfileFile>(&text) {
         Ok(file) => Ok((text, file)),
         Err(e) => {
-            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(&text, offset);
+            let message = e.message().trim_end();
+            // serde's messages do not say which key they are about ("invalid type: string
+            // "yes", expected a boolean"): name it, unless the error is a TOML syntax error.
+            let message = match e.span().and_then(|_| locate(&text, offset)) {
+                Some(Location::Key {
+                    table,
+                    value_is_table,
+                }) if table.is_empty() => {
+                    let what = if value_is_table {
+                        "unknown section"
+                    } else {
+                        "unknown top-level key"
+                    };
+                    message.replacen("unknown field", what, 1)
+                }
+                Some(Location::Key { table: path, .. } | Location::Value { path }) => {
+                    format!("{path}: {message}")
+                }
+                // toml's own message does not say which key.
+                None if message == "duplicate key" => match e.span().and_then(|s| text.get(s)) {
+                    Some(key) => format!("duplicate key `{key}`"),
+                    None => message.to_owned(),
+                },
+                None => message.to_owned(),
+            };
             Err(ProfileError::Invalid {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim_end().to_owned(),
+                message,
             })
         }
+    }
+}
+
+/// Where in the document a byte offset falls.
+#[derive(Debug, PartialEq)]
+enum Location {
+    /// On a key: the error is about the key itself (unknown, or an invalid sysctl key).
+    /// `table` is the path of the table holding it, empty at the top level.
+    Key { table: String, value_is_table: bool },
+    /// Inside a value, or on a `[table]` / `[[array]]` header: `path` leads to it.
+    Value { path: String },
+}
+
+/// Finds the key path of `offset` in `text`, as TOML would write it: `cpu.boost`,
+/// `sysctl."net.core.somaxconn"`, `block[1].scheduler`. `None` when `text` does not parse.
+fn locate(text: &str, offset: usize) -> Option<Location> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    locate_in_table(doc.get_ref(), offset, "")
+}
+
+fn locate_in_table(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<Location> {
+    for (key, value) in table {
+        if key.span().contains(&offset) {
+            let value_is_table = match value.get_ref() {
+                toml::de::DeValue::Table(_) => true,
+                toml::de::DeValue::Array(a) => {
+                    !a.is_empty() && a.iter().all(|v| v.get_ref().is_table())
+                }
+                _ => false,
+            };
+            return Some(Location::Key {
+                table: prefix.to_owned(),
+                value_is_table,
+            });
+        }
+        let path = join_key(prefix, key.get_ref());
+        if let Some(found) = locate_in_value(value, offset, &path) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn locate_in_value(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    offset: usize,
+    path: &str,
+) -> Option<Location> {
+    // Children first: a `[table]` header's span is the header alone, and an inline table's
+    // span covers its children, so the innermost match is the precise one.
+    let inner = match value.get_ref() {
+        toml::de::DeValue::Table(t) => locate_in_table(t, offset, path),
+        toml::de::DeValue::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| locate_in_value(v, offset, &format!("{path}[{i}]"))),
+        _ => None,
+    };
+    inner.or_else(|| {
+        value.span().contains(&offset).then(|| Location::Value {
+            path: path.to_owned(),
+        })
+    })
+}
+
+/// Appends a key to a dotted path, quoted when it is not a bare TOML key.
+fn join_key(prefix: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if prefix.is_empty() {
+        key
+    } else {
+        format!("{prefix}.{key}")
     }
 }
 
@@ -211,30 +319,44 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// One file being loaded: its canonical path (to detect cycles whatever the spelling) and the
+/// path as found (to report).
+struct Open {
+    identity: PathBuf,
+    path: PathBuf,
+}
+
 fn load_chain(
     path: &Path,
     search: &SearchPath,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Vec<Open>,
     files: &mut Vec<PathBuf>,
 ) -> Result<ProfileFile, ProfileError> {
     let (text, mut file) = parse_file(path)?;
     let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    stack.push(identity);
+    stack.push(Open {
+        identity,
+        path: path.to_owned(),
+    });
     let mut merged = ProfileFile::default();
-    for include in std::mem::take(&mut file.profile.include) {
+    for (i, include) in std::mem::take(&mut file.profile.include)
+        .into_iter()
+        .enumerate()
+    {
         let (line, column) = line_col(&text, include.span().start);
         let invalid = |message: String| ProfileError::Invalid {
             path: path.to_owned(),
             line,
             column,
-            message,
+            message: format!("profile.include[{i}]: {message}"),
         };
         let target = resolve_include(include.get_ref(), path, search).map_err(invalid)?;
         let target_id = std::fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
-        if let Some(pos) = stack.iter().position(|p| *p == target_id) {
+        if let Some(pos) = stack.iter().position(|o| o.identity == target_id) {
             let chain: Vec<String> = stack[pos..]
                 .iter()
-                .chain(std::iter::once(&target_id))
+                .map(|o| &o.path)
+                .chain(std::iter::once(&target))
                 .map(|p| p.display().to_string())
                 .collect();
             return Err(invalid(format!("include cycle: {}", chain.join(" -> "))));

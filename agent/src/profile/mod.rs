@@ -6,7 +6,9 @@ pub mod types;
 pub mod value;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +22,11 @@ pub use value::Expected;
 pub struct ProfileFile {
     #[serde(default)]
     pub profile: Meta,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "unique_keys",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub sysctl: BTreeMap<SysctlKey, Expected>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Cpu>,
@@ -28,7 +34,11 @@ pub struct ProfileFile {
     pub memory: Option<Memory>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block: Vec<BlockRule>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "limit_domains",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub limits: BTreeMap<LimitDomain, BTreeMap<LimitItem, LimitSetting>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mount: Vec<MountRule>,
@@ -89,13 +99,15 @@ pub struct Percent(pub u8);
 
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u8::deserialize(d)?;
-        if n > 100 {
-            return Err(serde::de::Error::custom(format!(
-                "invalid percentage {n}: expected 0-100"
-            )));
-        }
-        Ok(Percent(n))
+        // Read wider than u8 so 300 or -1 get this message, not "expected u8".
+        let n = i64::deserialize(d)?;
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= 100)
+            .map(Percent)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("invalid percentage {n}: expected 0-100"))
+            })
     }
 }
 
@@ -111,12 +123,15 @@ pub struct Memory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ksm: Option<KsmState>,
     /// Persistent huge pages per size: `"2M" = 1024` or `"1G" = { min = 4 }`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "unique_keys",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub hugepages: BTreeMap<HugepageSize, Expected>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, try_from = "BlockRuleRaw")]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BlockRule {
     pub devices: DeviceGlob,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +148,18 @@ struct BlockRuleRaw {
     scheduler: Option<IoScheduler>,
     #[serde(default)]
     read_ahead_kb: Option<Expected>,
+}
+
+impl<'de> Deserialize<'de> for BlockRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_checked(
+            d,
+            "BlockRule",
+            &["devices", "scheduler", "read_ahead_kb"],
+            "a [[block]] table",
+            <BlockRule as TryFrom<BlockRuleRaw>>::try_from,
+        )
+    }
 }
 
 impl TryFrom<BlockRuleRaw> for BlockRule {
@@ -212,8 +239,7 @@ impl<'de> Deserialize<'de> for LimitSetting {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, try_from = "MountRuleRaw")]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MountRule {
     pub path: MountPath,
     pub options: Vec<MountOption>,
@@ -226,17 +252,133 @@ struct MountRuleRaw {
     options: Vec<MountOption>,
 }
 
+impl<'de> Deserialize<'de> for MountRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_checked(
+            d,
+            "MountRule",
+            &["path", "options"],
+            "a [[mount]] table",
+            <MountRule as TryFrom<MountRuleRaw>>::try_from,
+        )
+    }
+}
+
 impl TryFrom<MountRuleRaw> for MountRule {
     type Error = String;
     fn try_from(r: MountRuleRaw) -> Result<Self, String> {
         if r.options.is_empty() {
-            return Err(format!("mount rule for {} lists no options", r.path));
+            return Err(format!(
+                "mount rule for {} lists no options: give at least one, such as \"noatime\"",
+                r.path
+            ));
         }
         Ok(MountRule {
             path: r.path,
             options: r.options,
         })
     }
+}
+
+/// Deserializes `Raw` and checks it into `T` while the deserializer is still running, so toml
+/// blames this table's own header. serde's `try_from` converts only after the deserializer has
+/// returned, and toml then blames the enclosing array: the first `[[block]]` of the file.
+fn deserialize_checked<'de, D, Raw, T>(
+    d: D,
+    name: &'static str,
+    fields: &'static [&'static str],
+    expecting: &'static str,
+    check: fn(Raw) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    Raw: Deserialize<'de>,
+{
+    struct V<Raw, T>(&'static str, fn(Raw) -> Result<T, String>);
+    impl<'de, Raw: Deserialize<'de>, T> serde::de::Visitor<'de> for V<Raw, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let raw = Raw::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            (self.1)(raw).map_err(serde::de::Error::custom)
+        }
+    }
+    d.deserialize_struct(name, fields, V(expecting, check))
+}
+
+/// A map whose keys have several spellings (`net.core.somaxconn` and `net/core/somaxconn`; `2M`
+/// and `2048kB`). Two spellings of one key are an error: a plain map would keep one silently.
+fn unique_keys<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: FromStr<Err = String> + Ord + Clone + fmt::Display,
+    V: Deserialize<'de>,
+{
+    /// Parses one key, checked against the spellings seen so far while toml still holds the
+    /// key, so the error points at it.
+    struct Key<'a, K>(&'a BTreeMap<K, String>);
+    impl<'de, K> serde::de::DeserializeSeed<'de> for Key<'_, K>
+    where
+        K: FromStr<Err = String> + Ord + fmt::Display,
+    {
+        type Value = (K, String);
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(K, String), D::Error> {
+            use serde::de::Error;
+            let raw = String::deserialize(d)?;
+            let key: K = raw.parse().map_err(D::Error::custom)?;
+            if let Some(other) = self.0.get(&key) {
+                return Err(D::Error::custom(format!(
+                    "{raw:?} and {other:?} are the same key ({key}): keep one"
+                )));
+            }
+            Ok((key, raw))
+        }
+    }
+    struct Map<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K, V> serde::de::Visitor<'de> for Map<K, V>
+    where
+        K: FromStr<Err = String> + Ord + Clone + fmt::Display,
+        V: Deserialize<'de>,
+    {
+        type Value = BTreeMap<K, V>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<BTreeMap<K, V>, A::Error> {
+            let (mut out, mut spellings) = (BTreeMap::new(), BTreeMap::new());
+            while let Some((key, raw)) = map.next_key_seed(Key::<K>(&spellings))? {
+                out.insert(key.clone(), map.next_value()?);
+                spellings.insert(key, raw);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Map(std::marker::PhantomData))
+}
+
+/// `[limits]`: a domain with no items (`"*" = {}`) is a mistake, not a no-op.
+fn limit_domains<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<LimitDomain, BTreeMap<LimitItem, LimitSetting>>, D::Error> {
+    struct Items(BTreeMap<LimitItem, LimitSetting>);
+    impl<'de> Deserialize<'de> for Items {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let items = BTreeMap::deserialize(d)?;
+            if items.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "empty limits table: give at least one item, such as `nofile = 1000000`",
+                ));
+            }
+            Ok(Items(items))
+        }
+    }
+    let domains = BTreeMap::<LimitDomain, Items>::deserialize(d)?;
+    Ok(domains.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

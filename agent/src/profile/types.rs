@@ -11,14 +11,14 @@ use serde::{Deserialize, Serialize};
 /// Implements serde via `FromStr`/`Display` so a bad value fails *during* TOML parsing, where
 /// the parser knows its line and column.
 macro_rules! serde_via_str {
-    ($t:ty, $expecting:literal) => {
+    ($t:ty, $($expecting:tt)+) => {
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
                 impl serde::de::Visitor<'_> for V {
                     type Value = $t;
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($expecting)
+                        write!(f, $($expecting)+)
                     }
                     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$t, E> {
                         s.parse().map_err(E::custom)
@@ -248,8 +248,18 @@ macro_rules! kernel_words {
                 f.write_str(self.as_str())
             }
         }
-        serde_via_str!($name, $what);
+        // A wrong type (`governor = 1`) names the accepted words, quoted: they are strings.
+        serde_via_str!($name, "{}", quoted_choices($name::ALL));
     };
+}
+
+/// `one of "a", "b"`, or `"a"` when there is only one.
+fn quoted_choices(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
 }
 
 kernel_words!(

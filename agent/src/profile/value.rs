@@ -32,6 +32,28 @@ impl Expected {
     }
 }
 
+impl Expected {
+    /// The value apply writes when `actual` does not meet this expectation: the exact value,
+    /// or the bound that is violated. `None` when `actual` already meets it or a bound cannot
+    /// be compared.
+    pub fn target_for(&self, actual: &str) -> Option<String> {
+        if self.is_met_by(actual)? {
+            return None;
+        }
+        match self {
+            Expected::Exact(v) => Some(normalize_whitespace(v)),
+            Expected::Bound { min, max } => {
+                let n: i128 = actual.trim().parse().ok()?;
+                match (min, max) {
+                    (Some(lo), _) if n < *lo => Some(lo.to_string()),
+                    (_, Some(hi)) if n > *hi => Some(hi.to_string()),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
 /// Kernel text equality after folding runs of whitespace (`tcp_rmem` is tab-separated), and
 /// numeric when both sides are integers.
 pub fn values_equal(a: &str, b: &str) -> bool {
@@ -165,5 +187,12 @@ mod tests {
         };
         assert_eq!(both.is_met_by("4"), Some(false));
         assert_eq!(both.to_string(), "1..=3");
+        assert_eq!(both.target_for("0").as_deref(), Some("1"));
+        assert_eq!(both.target_for("9").as_deref(), Some("3"));
+        assert_eq!(both.target_for("2"), None);
+        assert_eq!(
+            e.target_for("1 2 3").as_deref(),
+            Some("4096 87380 134217728")
+        );
     }
 }

@@ -30,7 +30,7 @@ pub fn verify(host: &HostRoot, cs: &Clocksource, out: &mut Vec<Item>) {
         .read_value(format!("{DIR}/available_clocksource"))
         .unwrap_or_default();
     out.push(if available.split_whitespace().any(|c| c == want) {
-        item.status(Status::Drift)
+        super::fix_file(item.status(Status::Drift), &path, &current, want)
     } else {
         item.status(Status::Unsupported).reason(format!(
             "{want} is not available here (available: {available})"

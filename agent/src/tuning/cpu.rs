@@ -279,15 +279,19 @@ fn boost_item(host: &HostRoot, boost: bool) -> Item {
     let no_turbo = format!("{CPU_DIR}/intel_pstate/no_turbo");
     if host.exists(&no_turbo) {
         let want = if boost { "0" } else { "1" };
-        return super::check_value(
+        let item = super::check_value(
             host,
             Class::Cpu,
             "cpu.boost".into(),
             &no_turbo,
             &Expected::Exact(want.into()),
             "",
-        )
-        .reason("intel_pstate no_turbo is the inverse of boost");
+        );
+        // Keep a read error's reason: it says more than the hint.
+        return match item.reason {
+            Some(_) => item,
+            None => item.reason("intel_pstate no_turbo is the inverse of boost"),
+        };
     }
     let path = format!("{CPU_DIR}/cpufreq/boost");
     super::check_value(

@@ -94,12 +94,20 @@ pub fn verify(
     if wanted.is_empty() {
         return;
     }
-    let entries = read_all(host);
+    verify_entries(&read_all(host), wanted, out);
+}
+
+/// Checks `wanted` against limits entries given in pam_limits' reading order.
+pub fn verify_entries(
+    entries: &[Entry],
+    wanted: &BTreeMap<LimitDomain, BTreeMap<LimitItem, LimitSetting>>,
+    out: &mut Vec<Item>,
+) {
     for (domain, items) in wanted {
         for (item, setting) in items {
             for (kind, want) in [(Kind::Soft, setting.soft), (Kind::Hard, setting.hard)] {
                 let Some(want) = want else { continue };
-                out.push(check(&entries, domain, *item, kind, want));
+                out.push(check(entries, domain, *item, kind, want));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! memory: transparent huge pages, swap, KSM, persistent huge pages.
 
+use crate::change::{Target, Value};
 use crate::host::{HostRoot, unescape_octal};
 use crate::profile::Memory;
 use crate::profile::types::{KsmState, SwapState};
@@ -85,9 +86,16 @@ fn swap_item(host: &HostRoot) -> Item {
     let active = active_swaps(&text);
     if !active.is_empty() {
         let list: Vec<String> = active.iter().map(|(n, t)| format!("{n} ({t})")).collect();
-        return item
+        let mut item = item
             .actual(format!("on: {}", list.join(", ")))
             .status(Status::Drift);
+        for (device, _) in active {
+            let target = Target::Swap { device };
+            if let Ok(from) = crate::change::observe(host, &target) {
+                item = item.fix(target, from, Value::SwapOff);
+            }
+        }
+        return item;
     }
     let item = item.actual("off");
     match host.read("/etc/fstab") {
@@ -123,7 +131,8 @@ fn ksm_item(host: &HostRoot, want: KsmState) -> Item {
     if actual == want.as_str() {
         item
     } else {
-        item.status(Status::Drift)
+        let to = if want == KsmState::On { "1" } else { "0" };
+        super::fix_file(item.status(Status::Drift), path, &raw, to)
     }
 }
 

@@ -7,8 +7,10 @@ pub mod cpu;
 pub mod limits;
 pub mod memory;
 pub mod mount;
+pub mod plan;
 pub mod sysctl;
 
+use crate::change::{Target, Value};
 use crate::host::{HostError, HostRoot};
 use crate::profile::{Expected, Profile};
 use crate::verify::{Class, Item, ProfileRef, Report, Status};
@@ -62,8 +64,25 @@ pub(crate) fn check_value(
     let item = Item::new(class, key, expected.to_string()).path(path);
     match host.read_value(path) {
         Err(e) => read_failure(item, &e, absent_means),
-        Ok(actual) => judge(item, expected, &actual),
+        Ok(actual) => {
+            let item = judge(item, expected, &actual);
+            match (item.status, expected.target_for(&actual)) {
+                (Status::Drift, Some(to)) => fix_file(item, path, &actual, &to),
+                _ => item,
+            }
+        }
     }
+}
+
+/// Adds the kernel-file write that would fix `item`.
+pub(crate) fn fix_file(item: Item, path: &str, from: &str, to: &str) -> Item {
+    item.fix(
+        Target::KernelFile {
+            path: path.to_owned(),
+        },
+        Value::text(crate::change::kernel_value(from)),
+        Value::text(to),
+    )
 }
 
 /// Sets actual and status of `item` by comparing `actual` with `expected`.
@@ -123,7 +142,12 @@ pub(crate) fn check_choice(
                 offered.join(" ")
             ))
     } else {
-        item.actual(current).status(Status::Drift)
+        fix_file(
+            item.actual(&current).status(Status::Drift),
+            path,
+            &current,
+            want,
+        )
     }
 }
 

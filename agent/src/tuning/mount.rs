@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use procfs_core::FromRead;
 use procfs_core::process::MountInfos;
 
+use crate::change::{Target, Value};
 use crate::host::{HostRoot, unescape_octal};
 use crate::profile::MountRule;
 use crate::verify::{Class, Item, Status};
@@ -67,10 +68,22 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
             .filter(|o| !have.contains(*o))
             .collect();
         if !missing.is_empty() {
-            out.push(
-                item.status(Status::Drift)
-                    .reason(format!("missing {}", missing.join(","))),
-            );
+            let mut item = item
+                .status(Status::Drift)
+                .reason(format!("missing {}", missing.join(",")));
+            let target = Target::Mount {
+                path: rule.path.to_string(),
+            };
+            if let Ok(Value::MountOptions { options }) = crate::change::observe(host, &target) {
+                let required: Vec<String> = expected.iter().map(|o| o.to_string()).collect();
+                let to = crate::change::merge_options(&options, &required);
+                item = item.fix(
+                    target,
+                    Value::MountOptions { options },
+                    Value::MountOptions { options: to },
+                );
+            }
+            out.push(item);
             continue;
         }
         out.push(

@@ -28,10 +28,16 @@ pub struct Assignment {
     pub value: String,
     pub file: String,
     pub line: usize,
+    /// A `-key` line without `=`: sets nothing, but keeps globs off this key.
+    pub exclude: bool,
 }
 
 impl Assignment {
-    fn matches(&self, key: &SysctlKey) -> bool {
+    fn is_glob(&self) -> bool {
+        self.pattern.iter().any(|p| p.contains(['*', '?', '[']))
+    }
+
+    pub fn matches(&self, key: &SysctlKey) -> bool {
         let comps = key.components();
         self.pattern.len() == comps.len()
             && self.pattern.iter().zip(comps).all(|(p, c)| {
@@ -66,15 +72,17 @@ pub fn boot_config(host: &HostRoot) -> Vec<Assignment> {
 }
 
 /// Parses sysctl.d(5) syntax: `key = value`, comments with `#` or `;`, a leading `-` meaning
-/// "ignore failure".
+/// "ignore failure", and `-key` alone excluding the key from globs.
 pub fn parse_conf(text: &str, file: &str, out: &mut Vec<Assignment>) {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
+        let (key, value, exclude) = match line.split_once('=') {
+            Some((key, value)) => (key, value, false),
+            None if line.starts_with('-') => (line, "", true),
+            None => continue,
         };
         let key = key.trim();
         let key = key.strip_prefix('-').unwrap_or(key).trim();
@@ -86,6 +94,7 @@ pub fn parse_conf(text: &str, file: &str, out: &mut Vec<Assignment>) {
             value: value.trim().to_owned(),
             file: file.to_owned(),
             line: i + 1,
+            exclude,
         });
     }
 }
@@ -109,12 +118,22 @@ pub fn verify(host: &HostRoot, wanted: &BTreeMap<SysctlKey, Expected>, out: &mut
     }
 }
 
+/// The assignment that sets `key` at boot, as systemd-sysctl decides: the last explicit line
+/// for the key wins, and a glob never sets a key that some line names explicitly (a `-key`
+/// exclusion included), whatever the file order.
+pub fn effective<'a>(boot: &'a [Assignment], key: &SysctlKey) -> Option<&'a Assignment> {
+    match boot.iter().rev().find(|a| !a.is_glob() && a.matches(key)) {
+        Some(explicit) => (!explicit.exclude).then_some(explicit),
+        None => boot.iter().rev().find(|a| !a.exclude && a.matches(key)),
+    }
+}
+
 /// Downgrades a passing item to `not-persistent` when a reboot would not keep the value.
 fn persistence(item: Item, key: &SysctlKey, expected: &Expected, boot: &[Assignment]) -> Item {
     if item.status != Status::Pass {
         return item;
     }
-    match boot.iter().rev().find(|a| a.matches(key)) {
+    match effective(boot, key) {
         Some(last) if expected.is_met_by(&last.value) == Some(true) => item,
         Some(last) => item.status(Status::NotPersistent).reason(format!(
             "at boot {}:{} sets {}",

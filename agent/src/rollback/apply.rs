@@ -1,0 +1,479 @@
+//! Transactional apply and rollback.
+//!
+//! Apply: lock the state directory, plan, record every original value (and every value about to
+//! be written) in the journal *before* the first write, then write step by step, recording
+//! progress. A failed write restores what this run changed and reports the key, the value and
+//! the kernel's error. Rollback restores the baseline in reverse order, one journaled step at a
+//! time, leaving alone values someone else changed since (unless forced).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::journal::{Entry, Journal, Run, RunState, StateDir, StateError, Step};
+use crate::audit::{Audit, Caller};
+use crate::change::{self, ChangeError, Target, Value};
+use crate::failpoint;
+use crate::host::{HostError, HostRoot};
+use crate::profile::Profile;
+use crate::system::SystemActions;
+use crate::tuning::{self, plan};
+use crate::verify::{Class, Report};
+
+/// Kernel values that change as a side effect of writing another: recorded in the journal so
+/// rollback restores them too.
+const SIDE_EFFECTS: &[(&str, &str)] = &[(
+    "/proc/sys/net/ipv4/tcp_congestion_control",
+    "/proc/sys/net/ipv4/tcp_allowed_congestion_control",
+)];
+
+/// What apply and rollback act with.
+pub struct Session<'a> {
+    pub host: &'a HostRoot,
+    pub state: &'a StateDir,
+    pub system: &'a mut dyn SystemActions,
+    pub audit: &'a Audit,
+    pub caller: Caller,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Failed(Box<ApplyFailure>),
+}
+
+/// A write that failed midway, and what was done about the rest of the run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "failed to apply {class} {key}: setting {} to {value}: {error}; {}",
+    target.describe(),
+    restored_summary(restored, restore_failures)
+)]
+pub struct ApplyFailure {
+    pub class: &'static str,
+    pub key: String,
+    pub target: Target,
+    pub value: String,
+    pub error: ChangeError,
+    /// Keys this run had changed and put back.
+    pub restored: Vec<String>,
+    /// Keys that could not be put back, with the error.
+    pub restore_failures: Vec<String>,
+}
+
+fn restored_summary(restored: &[String], failures: &[String]) -> String {
+    let mut s = if restored.is_empty() {
+        "nothing had been changed by this run".to_owned()
+    } else {
+        format!(
+            "restored the {} value(s) this run had changed",
+            restored.len()
+        )
+    };
+    if !failures.is_empty() {
+        s.push_str(&format!(
+            "; FAILED to restore: {} (the journal keeps them for `agentctl tune rollback`)",
+            failures.join("; ")
+        ));
+    }
+    s
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    pub plan: plan::Plan,
+    /// The previous apply, when it had been interrupted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Run>,
+    /// Verify after applying.
+    pub after: Report,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The plan for `profile` on this host, without changing anything (`--dry-run`).
+pub fn plan(host: &HostRoot, profile: &Profile, classes: Option<&[Class]>) -> (plan::Plan, Report) {
+    let report = tuning::verify(host, profile);
+    let persisted = plan::observe_persistence(host);
+    (plan::plan(profile, &report, &persisted, classes), report)
+}
+
+/// Applies `profile` (only `classes` when given: the daemon's runtime re-apply at start).
+pub fn apply(
+    s: &mut Session<'_>,
+    profile: &Profile,
+    classes: Option<&[Class]>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let _lock = s.state.lock()?;
+    let mut journal = s.state.load()?;
+    let interrupted = mark_interrupted(&mut journal);
+    let (plan, _) = plan(s.host, profile, classes);
+    if plan.is_empty() {
+        if interrupted.is_some() {
+            s.state.save(&journal)?;
+        }
+        let after = tuning::verify(s.host, profile);
+        return Ok(ApplyOutcome {
+            plan,
+            interrupted,
+            after,
+        });
+    }
+
+    // Record first: originals not yet known, and every value about to be written.
+    let baseline_before = journal.baseline.len();
+    for c in &plan.changes {
+        record(
+            &mut journal,
+            c.class,
+            &c.key,
+            &c.target,
+            &c.from,
+            &c.to,
+            None,
+        );
+        if let Target::KernelFile { path } = &c.target {
+            for (_, side) in SIDE_EFFECTS.iter().filter(|(p, _)| p == path) {
+                let target = Target::KernelFile {
+                    path: (*side).to_owned(),
+                };
+                if journal.entry(&target).is_none()
+                    && let Ok(original) = change::observe(s.host, &target)
+                {
+                    let key = side.trim_start_matches("/proc/sys/").replace('/', ".");
+                    record(
+                        &mut journal,
+                        c.class,
+                        &key,
+                        &target,
+                        &original,
+                        &original,
+                        Some(&c.key),
+                    );
+                }
+            }
+        }
+    }
+    journal.runs.push(Run {
+        profile: profile.name.clone(),
+        profile_path: profile.source.display().to_string(),
+        started: now(),
+        finished: None,
+        uid: s.caller.uid,
+        user: s.caller.user.clone(),
+        state: RunState::InProgress,
+        steps: plan
+            .changes
+            .iter()
+            .map(|c| Step {
+                class: c.class,
+                key: c.key.clone(),
+                target: c.target.clone(),
+                before: c.from.clone(),
+                after: c.to.clone(),
+                done: false,
+            })
+            .collect(),
+        error: None,
+    });
+    s.state.save(&journal)?;
+
+    for (i, c) in plan.changes.iter().enumerate() {
+        failpoint::hit("apply-before-step");
+        let result = match failpoint::injected_error("apply-write") {
+            Some(source) => Err(ChangeError::Host(HostError::Write {
+                path: c.target.describe().into(),
+                value: c.to.describe(),
+                source,
+            })),
+            None => change::execute(s.host, s.system, &c.target, &c.to),
+        };
+        if let Err(error) = result {
+            return Err(fail_run(s, &mut journal, baseline_before, i, error));
+        }
+        failpoint::hit("apply-after-step");
+        s.audit.record(
+            &s.caller,
+            &format!(
+                "apply {}: {} {}: {} -> {}",
+                profile.name,
+                c.class.as_str(),
+                c.key,
+                c.from.describe(),
+                c.to.describe()
+            ),
+            &[
+                ("NODE_AGENT_ACTION", "apply"),
+                ("NODE_AGENT_PROFILE", &profile.name),
+                ("NODE_AGENT_KEY", &c.key),
+                ("NODE_AGENT_BEFORE", &c.from.describe()),
+                ("NODE_AGENT_AFTER", &c.to.describe()),
+            ],
+        );
+        if let Some(run) = journal.runs.last_mut() {
+            run.steps[i].done = true;
+        }
+        s.state.save(&journal)?;
+    }
+    if let Some(run) = journal.runs.last_mut() {
+        run.state = RunState::Complete;
+        run.finished = Some(now());
+    }
+    s.state.save(&journal)?;
+    let after = tuning::verify(s.host, profile);
+    Ok(ApplyOutcome {
+        plan,
+        interrupted,
+        after,
+    })
+}
+
+/// Adds an original value to the baseline unless known, and the value about to be written to
+/// the values the agent has set there.
+fn record(
+    journal: &mut Journal,
+    class: Class,
+    key: &str,
+    target: &Target,
+    from: &Value,
+    to: &Value,
+    side_effect_of: Option<&str>,
+) {
+    match journal.entry_mut(target) {
+        Some(e) => {
+            if !e.agent_values.contains(to) {
+                e.agent_values.push(to.clone());
+            }
+        }
+        None => journal.baseline.push(Entry {
+            class,
+            key: key.to_owned(),
+            target: target.clone(),
+            original: from.clone(),
+            agent_values: if side_effect_of.is_some() {
+                Vec::new()
+            } else {
+                vec![to.clone()]
+            },
+            side_effect_of: side_effect_of.map(str::to_owned),
+        }),
+    }
+}
+
+/// A run that is still in progress while we hold the lock died; say so in the journal.
+fn mark_interrupted(journal: &mut Journal) -> Option<Run> {
+    let run = journal.runs.last_mut()?;
+    if !matches!(run.state, RunState::InProgress | RunState::Interrupted) {
+        return None;
+    }
+    run.state = RunState::Interrupted;
+    Some(run.clone())
+}
+
+/// Restores what run steps `..failed` changed, drops the baseline entries this run added
+/// (they hold the original values again), and records the failure.
+fn fail_run(
+    s: &mut Session<'_>,
+    journal: &mut Journal,
+    baseline_before: usize,
+    failed: usize,
+    error: ChangeError,
+) -> ApplyError {
+    let run = journal
+        .runs
+        .last()
+        .cloned()
+        .expect("run recorded before writing");
+    let step = &run.steps[failed];
+    let mut restored = Vec::new();
+    let mut restore_failures = Vec::new();
+    for done in run.steps[..failed].iter().rev() {
+        match change::execute(s.host, s.system, &done.target, &done.before) {
+            Ok(()) => restored.push(done.key.clone()),
+            Err(e) => restore_failures.push(format!("{}: {e}", done.key)),
+        }
+    }
+    // Side-effect entries of this run go back too.
+    for e in journal.baseline[baseline_before..]
+        .iter()
+        .filter(|e| e.side_effect_of.is_some())
+    {
+        if let Err(err) = change::execute(s.host, s.system, &e.target, &e.original) {
+            restore_failures.push(format!("{}: {err}", e.key));
+        }
+    }
+    if restore_failures.is_empty() {
+        journal.baseline.truncate(baseline_before);
+    }
+    let message = format!("{} {}: {error}", step.class.as_str(), step.key);
+    if let Some(r) = journal.runs.last_mut() {
+        r.state = RunState::FailedRolledBack;
+        r.finished = Some(now());
+        r.error = Some(message.clone());
+        for st in &mut r.steps {
+            st.done = false;
+        }
+    }
+    // The failure is reported either way; a journal write error must not hide it.
+    let _ = s.state.save(journal);
+    s.audit.record(
+        &s.caller,
+        &format!(
+            "apply {} failed and was rolled back: {message}",
+            run.profile
+        ),
+        &[
+            ("NODE_AGENT_ACTION", "apply-failed"),
+            ("NODE_AGENT_PROFILE", &run.profile),
+            ("NODE_AGENT_KEY", &step.key),
+        ],
+    );
+    ApplyError::Failed(Box::new(ApplyFailure {
+        class: step.class.as_str(),
+        key: step.key.clone(),
+        target: step.target.clone(),
+        value: step.after.describe(),
+        error,
+        restored,
+        restore_failures,
+    }))
+}
+
+/// One value rollback dealt with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub class: Class,
+    pub key: String,
+    pub target: Target,
+    pub from: Value,
+    pub to: Value,
+}
+
+/// A value rollback left alone or could not restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotRestored {
+    pub class: Class,
+    pub key: String,
+    pub target: Target,
+    pub current: Option<Value>,
+    pub original: Value,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RollbackOutcome {
+    pub restored: Vec<Restored>,
+    /// Changed by someone else since the agent wrote it; kept in the journal.
+    pub left_alone: Vec<NotRestored>,
+    /// Restoring failed; kept in the journal.
+    pub failed: Vec<NotRestored>,
+}
+
+impl RollbackOutcome {
+    pub fn is_complete(&self) -> bool {
+        self.left_alone.is_empty() && self.failed.is_empty()
+    }
+}
+
+/// Restores every recorded original value, newest first. With `force`, also values someone
+/// else changed after the agent wrote them.
+pub fn rollback(s: &mut Session<'_>, force: bool) -> Result<RollbackOutcome, StateError> {
+    let _lock = s.state.lock()?;
+    let mut journal = s.state.load()?;
+    mark_interrupted(&mut journal);
+    let mut out = RollbackOutcome::default();
+    let mut keep = Vec::new();
+    while let Some(entry) = journal.baseline.pop() {
+        failpoint::hit("rollback-before-step");
+        let not_restored = |current: Option<Value>, reason: String| NotRestored {
+            class: entry.class,
+            key: entry.key.clone(),
+            target: entry.target.clone(),
+            current,
+            original: entry.original.clone(),
+            reason,
+        };
+        let current = match change::observe(s.host, &entry.target) {
+            Ok(c) => c,
+            Err(e) => {
+                out.failed.push(not_restored(None, e.to_string()));
+                keep.push(entry);
+                continue;
+            }
+        };
+        if current.same_as(&entry.original) {
+            s.state.save(&with_kept(&journal, &keep))?;
+            continue;
+        }
+        let ours =
+            entry.side_effect_of.is_some() || entry.agent_values.iter().any(|v| current.carries(v));
+        if !ours && !force {
+            let wrote = entry
+                .agent_values
+                .last()
+                .map(Value::describe)
+                .unwrap_or_default();
+            out.left_alone.push(not_restored(
+                Some(current.clone()),
+                format!(
+                    "changed by someone else since the agent set it to {wrote}; use --force to restore anyway"
+                ),
+            ));
+            keep.push(entry);
+            continue;
+        }
+        match change::execute(s.host, s.system, &entry.target, &entry.original) {
+            Ok(()) => {
+                s.audit.record(
+                    &s.caller,
+                    &format!(
+                        "rollback: {} {}: {} -> {}",
+                        entry.class.as_str(),
+                        entry.key,
+                        current.describe(),
+                        entry.original.describe()
+                    ),
+                    &[
+                        ("NODE_AGENT_ACTION", "rollback"),
+                        ("NODE_AGENT_KEY", &entry.key),
+                        ("NODE_AGENT_BEFORE", &current.describe()),
+                        ("NODE_AGENT_AFTER", &entry.original.describe()),
+                    ],
+                );
+                out.restored.push(Restored {
+                    class: entry.class,
+                    key: entry.key.clone(),
+                    target: entry.target.clone(),
+                    from: current,
+                    to: entry.original.clone(),
+                });
+                s.state.save(&with_kept(&journal, &keep))?;
+            }
+            Err(e) => {
+                out.failed.push(not_restored(Some(current), e.to_string()));
+                keep.push(entry);
+            }
+        }
+    }
+    out.restored.reverse();
+    if keep.is_empty() {
+        s.state.remove()?;
+    } else {
+        s.state.save(&with_kept(&journal, &keep))?;
+    }
+    Ok(out)
+}
+
+/// The journal as it stands mid-rollback: entries not yet visited plus those kept.
+fn with_kept(journal: &Journal, keep: &[Entry]) -> Journal {
+    let mut j = journal.clone();
+    j.baseline.extend(keep.iter().rev().cloned());
+    j
+}

@@ -1,0 +1,121 @@
+//! Host actions that are system calls rather than file writes (swap, remount). They go through
+//! [`SystemActions`] so fixture tests can record them; production runs util-linux's tools,
+//! which know every filesystem's remount rules and swap signatures.
+
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action}: {detail}")]
+pub struct ActionError {
+    pub action: String,
+    pub detail: String,
+}
+
+pub trait SystemActions {
+    /// Deactivates one swap area.
+    fn swapoff(&mut self, device: &str) -> Result<(), ActionError>;
+    /// Activates a swap area again with its former priority.
+    fn swapon(&mut self, device: &str, priority: i32) -> Result<(), ActionError>;
+    /// Remounts a mount point with the given per-mount options (e.g. `noatime,nodiratime`).
+    fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError>;
+}
+
+/// The real thing: swapoff(8), swapon(8), mount(8). Only valid with the host root `/`.
+#[derive(Debug, Default)]
+pub struct RealSystem;
+
+fn run(action: String, cmd: &mut Command) -> Result<(), ActionError> {
+    let out = cmd.output().map_err(|e| ActionError {
+        action: action.clone(),
+        detail: format!("cannot run {:?}: {e}", cmd.get_program()),
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(ActionError {
+        action,
+        detail: format!(
+            "{} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ),
+    })
+}
+
+impl SystemActions for RealSystem {
+    fn swapoff(&mut self, device: &str) -> Result<(), ActionError> {
+        run(
+            format!("swapoff {device}"),
+            Command::new("swapoff").arg(device),
+        )
+    }
+
+    fn swapon(&mut self, device: &str, priority: i32) -> Result<(), ActionError> {
+        let mut cmd = Command::new("swapon");
+        // Negative priorities are the kernel's automatic ones; swapon only accepts >= -1.
+        if priority >= 0 {
+            cmd.arg("--priority").arg(priority.to_string());
+        }
+        run(format!("swapon {device}"), cmd.arg(device))
+    }
+
+    fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError> {
+        run(
+            format!("remount {path} with {options}"),
+            Command::new("mount")
+                .arg("-o")
+                .arg(format!("remount,{options}"))
+                .arg(path),
+        )
+    }
+}
+
+/// Refuses every action: used when the host root is not `/`, where a system call would act on
+/// the real machine instead of the tree being examined.
+#[derive(Debug)]
+pub struct NoSystem {
+    pub why: String,
+}
+
+impl SystemActions for NoSystem {
+    fn swapoff(&mut self, device: &str) -> Result<(), ActionError> {
+        Err(self.refuse(format!("swapoff {device}")))
+    }
+    fn swapon(&mut self, device: &str, _priority: i32) -> Result<(), ActionError> {
+        Err(self.refuse(format!("swapon {device}")))
+    }
+    fn remount(&mut self, path: &str, _options: &str) -> Result<(), ActionError> {
+        Err(self.refuse(format!("remount {path}")))
+    }
+}
+
+impl NoSystem {
+    fn refuse(&self, action: String) -> ActionError {
+        ActionError {
+            action,
+            detail: self.why.clone(),
+        }
+    }
+}
+
+/// Records calls and succeeds: for tests of the apply and rollback logic.
+#[derive(Debug, Default)]
+pub struct RecordingSystem {
+    pub calls: Vec<String>,
+}
+
+impl SystemActions for RecordingSystem {
+    fn swapoff(&mut self, device: &str) -> Result<(), ActionError> {
+        self.calls.push(format!("swapoff {device}"));
+        Ok(())
+    }
+    fn swapon(&mut self, device: &str, priority: i32) -> Result<(), ActionError> {
+        self.calls
+            .push(format!("swapon {device} priority {priority}"));
+        Ok(())
+    }
+    fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError> {
+        self.calls.push(format!("remount {path} {options}"));
+        Ok(())
+    }
+}

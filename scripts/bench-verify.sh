@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Whole-process benchmark of `agentctl tune verify --profile trading-latency` against the
+# floor for a cold process: one `cat` of the same files. Read-only. See docs/BENCHMARKS.md.
+#
+#   scripts/bench-verify.sh            # WARMUP=100 RUNS=1000 by default
+#   RUNS=300 scripts/bench-verify.sh
+#
+# Writes into target/bench/: verify-files.txt (the files cat reads), verify-strace.txt (the
+# trace they come from), verify.md and verify.json (hyperfine's exports), verify-summary.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WARMUP=${WARMUP:-100}
+RUNS=${RUNS:-1000}
+PROFILE=trading-latency
+OUT=target/bench
+BIN=$PWD/target/release/agentctl
+mkdir -p "$OUT"
+
+cargo build --release -p node-agent
+
+apt_install() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "installing $1 (apt)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null
+}
+apt_install hyperfine
+apt_install strace || true
+
+# The profile by name, from the repository's profiles, against this host's real kernel.
+export NODE_AGENT_PROFILE_PATH=$PWD/tuning-profiles
+unset NODE_AGENT_HOST_ROOT
+VERIFY=("$BIN" tune verify --profile "$PROFILE")
+
+# --- The files verify reads ----------------------------------------------------------------
+# Preferred: every file one run opens successfully, from strace; minus what any dynamically
+# linked program opens before main (ld.so.cache, shared libraries) and /proc/self/maps, which
+# Rust's runtime reads at startup (main-thread stack guard), not verify. Directories verify
+# lists (sysctl.d, limits.d, cpuidle, /sys/block) are left out: cat cannot read a directory.
+# Files read twice (/etc/fstab) are listed once: the floor reads each file once.
+# Fallback without strace: the report's item paths plus the configuration files verify parses.
+files_from_strace() {
+    strace -f -qq -e trace=open,openat,openat2 -o "$OUT/verify-strace.txt" \
+        "${VERIFY[@]}" --output json >/dev/null || true
+    grep -v -e ' = -1 ' -e O_DIRECTORY "$OUT/verify-strace.txt" |
+        sed -n 's/.*open[at2]*([^"]*"\([^"]*\)".*/\1/p' |
+        grep -v -e '^/etc/ld\.so\.cache$' -e '\.so\(\.[0-9]*\)*$' -e '^/proc/self/maps$' |
+        awk '!seen[$0]++'
+}
+files_from_report() {
+    {
+        echo "$NODE_AGENT_PROFILE_PATH/$PROFILE.toml"
+        echo "$NODE_AGENT_PROFILE_PATH/base.toml"
+        "${VERIFY[@]}" --output json | jq -r '.items[].path // empty'
+        ls -d /etc/sysctl.d/*.conf /run/sysctl.d/*.conf /usr/local/lib/sysctl.d/*.conf \
+            /usr/lib/sysctl.d/*.conf /etc/security/limits.d/*.conf 2>/dev/null || true
+        echo /etc/security/limits.conf /etc/fstab /proc/sys/kernel/hostname | tr ' ' '\n'
+    } | awk '!seen[$0]++' | while read -r f; do [ -f "$f" ] && echo "$f"; done
+}
+if command -v strace >/dev/null 2>&1 && files_from_strace >"$OUT/verify-files.txt" &&
+    [ -s "$OUT/verify-files.txt" ]; then
+    SOURCE="strace -f -e trace=open,openat,openat2 of one run"
+else
+    apt_install jq
+    files_from_report >"$OUT/verify-files.txt"
+    SOURCE="the JSON report's item paths plus the configuration files verify parses"
+fi
+mapfile -t FILES <"$OUT/verify-files.txt"
+echo "cat floor: ${#FILES[@]} files, from $SOURCE (list in $OUT/verify-files.txt)" >&2
+
+# --- Side by side, one hyperfine invocation ------------------------------------------------
+# -N: no intermediate shell (these are ~1 ms commands; a shell would dominate and its
+# correction would add noise). -i: agentctl exits 1 on drift, which is this host's state.
+# `agentctl --version` is reference only: process start-up plus argument parsing, no verify.
+hyperfine -N -i --warmup "$WARMUP" --runs "$RUNS" \
+    --export-markdown "$OUT/verify.md" --export-json "$OUT/verify.json" \
+    -n "cat (floor, ${#FILES[@]} files)" "cat ${FILES[*]}" \
+    -n "agentctl verify --output json" "${VERIFY[*]} --output json" \
+    -n "agentctl verify (table)" "${VERIFY[*]}" \
+    -n "agentctl --version (start-up only)" "$BIN --version"
+
+# --- The ratio to the floor ----------------------------------------------------------------
+jq -r '
+  .results as $r
+  | ($r[0]) as $floor
+  | "goal: agentctl verify within 2x of the cat floor (median \($floor.median * 1e3 | . * 1000 | round / 1000) ms)",
+    ($r[1:3][] | (.median / $floor.median) as $x
+      | "\(.command): median \(.median * 1e3 | . * 1000 | round / 1000) ms, mean \(.mean * 1e3 | . * 1000 | round / 1000) ms = \($x * 100 | round / 100)x floor: \(if $x <= 2 then "MET" else "NOT MET" end)")
+' "$OUT/verify.json" | tee "$OUT/verify-summary.txt"
