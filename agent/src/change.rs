@@ -231,10 +231,11 @@ pub fn execute(
 
 /// The option family a mount option belongs to: options of one family replace each other
 /// (`noatime` replaces `relatime`, `ro` replaces `rw`, `commit=5` replaces `commit=60`).
-fn family(option: &str) -> &str {
+pub fn family(option: &str) -> &str {
     match option {
         "noatime" | "relatime" | "strictatime" => "atime",
         "ro" | "rw" => "rw",
+        "sync" | "async" => "sync",
         o => {
             let o = o.split('=').next().unwrap_or(o);
             o.strip_prefix("no").unwrap_or(o)

@@ -272,11 +272,9 @@ impl Report {
         const W_KEY: usize = 42;
         const W_VAL: usize = 19;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "profile {} ({})  host {}",
-            self.profile.name, self.profile.path, self.host
-        );
+        let header = format!("profile {}  host {}", self.profile.name, self.host);
+        let _ = writeln!(out, "{}", fit(&header, 100));
+        let _ = writeln!(out, "{}", fit(&format!("from {}", self.profile.path), 100));
         if let Some(i) = &self.interrupted_apply {
             let _ = writeln!(
                 out,

@@ -25,7 +25,7 @@ impl Expected {
         match self {
             Expected::Exact(want) => Some(values_equal(want, actual)),
             Expected::Bound { min, max } => {
-                let n: i128 = actual.trim().parse().ok()?;
+                let n = parse_int(actual)?;
                 Some(min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
             }
         }
@@ -43,7 +43,7 @@ impl Expected {
         match self {
             Expected::Exact(v) => Some(normalize_whitespace(v)),
             Expected::Bound { min, max } => {
-                let n: i128 = actual.trim().parse().ok()?;
+                let n = parse_int(actual)?;
                 match (min, max) {
                     (Some(lo), _) if n < *lo => Some(lo.to_string()),
                     (_, Some(hi)) if n > *hi => Some(hi.to_string()),
@@ -58,10 +58,28 @@ impl Expected {
 /// numeric when both sides are integers.
 pub fn values_equal(a: &str, b: &str) -> bool {
     let (a, b) = (normalize_whitespace(a), normalize_whitespace(b));
-    match (a.parse::<i128>(), b.parse::<i128>()) {
-        (Ok(x), Ok(y)) => x == y,
+    match (parse_int(&a), parse_int(&b)) {
+        (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// An integer as the kernel and sysctl.d files write them: decimal, or hex with `0x`
+/// (systemd ships `kernel.sysrq = 0x01b6`).
+pub fn parse_int(s: &str) -> Option<i128> {
+    let s = s.trim();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        Some(hex) => i128::from_str_radix(hex, 16).ok()?,
+        None if digits.chars().all(|c| c.is_ascii_digit()) && !digits.is_empty() => {
+            digits.parse().ok()?
+        }
+        None => return None,
+    };
+    Some(if neg { -n } else { n })
 }
 
 pub fn normalize_whitespace(s: &str) -> String {
@@ -172,6 +190,9 @@ mod tests {
         assert_eq!(e.is_met_by("4096\t87380\t134217728\n"), Some(true));
         assert_eq!(e.is_met_by("4096 87380 6291456"), Some(false));
         assert_eq!(Expected::Exact("0".into()).is_met_by("00"), Some(true));
+        assert_eq!(Expected::Exact("438".into()).is_met_by("0x01b6"), Some(true));
+        assert_eq!(Expected::Exact("-1".into()).is_met_by("-1"), Some(true));
+        assert_eq!(Expected::Exact("bbr".into()).is_met_by("0xbbr"), Some(false));
         let min = Expected::Bound {
             min: Some(100),
             max: None,

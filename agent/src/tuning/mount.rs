@@ -93,7 +93,7 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
                     let lacking: Vec<&str> = expected
                         .iter()
                         .copied()
-                        .filter(|o| !opts.contains(o))
+                        .filter(|o| !opts.contains(o) && !implied(o, &opts))
                         .collect();
                     if lacking.is_empty() {
                         item
@@ -110,6 +110,16 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
     }
 }
 
+/// Options mount(8) and the kernel use unless the fstab line names another of the same
+/// family: `defaults` means rw, suid, dev, exec, async; relatime is the kernel's default.
+fn implied(option: &str, fstab_options: &BTreeSet<&str>) -> bool {
+    const DEFAULTS: [&str; 7] = ["rw", "relatime", "suid", "dev", "exec", "async", "diratime"];
+    DEFAULTS.contains(&option)
+        && !fstab_options
+            .iter()
+            .any(|o| crate::change::family(o) == crate::change::family(option))
+}
+
 /// The fstab line for a mount point: (line number, options field).
 fn fstab_entry(fstab: &str, path: &str) -> Option<(usize, String)> {
     fstab
@@ -123,4 +133,21 @@ fn fstab_entry(fstab: &str, path: &str) -> Option<(usize, String)> {
             Some((i + 1, f[3].to_owned()))
         })
         .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_imply_kernel_default_options() {
+        let defaults: BTreeSet<&str> = ["defaults"].into();
+        assert!(implied("relatime", &defaults));
+        assert!(implied("rw", &defaults));
+        assert!(!implied("noatime", &defaults));
+        let noatime: BTreeSet<&str> = ["defaults", "noatime"].into();
+        assert!(!implied("relatime", &noatime));
+        let ro: BTreeSet<&str> = ["ro"].into();
+        assert!(!implied("rw", &ro));
+    }
 }
