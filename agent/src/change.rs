@@ -160,15 +160,15 @@ pub fn mount_options(host: &HostRoot, path: &str) -> Result<Option<Vec<String>>,
         }
         // Fields after the `-` separator: fstype, source, superblock options.
         let sep = f.iter().position(|x| *x == "-")?;
-        let mut o: Vec<String> = f[5]
+        let o: Vec<String> = f[5]
             .split(',')
             .chain(f.get(sep + 3).map_or("", |s| s).split(','))
             .filter(|o| !o.is_empty())
             .map(str::to_owned)
             .collect();
-        o.sort();
-        o.dedup();
-        Some(o)
+        let mut set: BTreeSet<String> = o.into_iter().collect();
+        add_implicit_options(&mut set);
+        Some(set.into_iter().collect())
     }))
 }
 
@@ -229,6 +229,13 @@ pub fn execute(
     }
 }
 
+/// mountinfo never shows `strictatime`: a mount with neither `noatime` nor `relatime` has it.
+pub fn add_implicit_options(options: &mut BTreeSet<String>) {
+    if !options.contains("noatime") && !options.contains("relatime") {
+        options.insert("strictatime".to_owned());
+    }
+}
+
 /// The option family a mount option belongs to: options of one family replace each other
 /// (`noatime` replaces `relatime`, `ro` replaces `rw`, `commit=5` replaces `commit=60`).
 pub fn family(option: &str) -> &str {
@@ -269,7 +276,13 @@ pub fn remount_options(current: &[String], goal: &[String]) -> String {
         .collect();
     for o in current.iter().filter(|o| !goal.contains(o)) {
         if goal.iter().any(|g| family(g) == family(o)) {
-            continue; // a goal option of the same family replaces it
+            // A goal option of the same family replaces it. But mount(8) (libmount 2.38)
+            // merges the mount's current options into a remount, and a kept `noatime` wins
+            // over `relatime` in the kernel: `atime` drops it.
+            if o == "noatime" && !out.iter().any(|x| x == "atime") {
+                out.push("atime".to_owned());
+            }
+            continue;
         }
         let inverse = match o.as_str() {
             "noatime" | "relatime" => Some("strictatime".to_owned()),
@@ -319,8 +332,9 @@ mod tests {
         );
         // Applying passes only what changes; relatime gives way to noatime.
         assert_eq!(remount_options(&current, &goal), "noatime,nodiratime");
-        // Rolling back: relatime again, and diratime undoes nodiratime.
-        assert_eq!(remount_options(&goal, &current), "relatime,diratime");
+        // Rolling back: relatime again (atime drops the noatime libmount would keep), and
+        // diratime undoes nodiratime.
+        assert_eq!(remount_options(&goal, &current), "relatime,atime,diratime");
         assert_eq!(
             remount_options(&v(&["noatime", "rw"]), &v(&["rw"])),
             "strictatime"

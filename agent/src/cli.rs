@@ -471,14 +471,14 @@ fn status(output: Output, ctx: &Context, out: &mut dyn Write) -> Result<Exit, Cl
     let holder = ctx.state.holder();
     let applied = journal.last_complete();
     let unfinished = journal.unfinished();
+    let last_failed = journal.runs.last().map(|r| r.state) == Some(RunState::FailedRolledBack);
     let state = match (unfinished, &holder) {
         (Some(_), Some(_)) => "apply-running",
         (Some(_), None) => "interrupted",
+        // Also when the failed apply was the first (nothing recorded): the failure is news.
+        (None, _) if last_failed => "last-apply-failed",
         (None, _) if journal.baseline.is_empty() => "not-applied",
-        (None, _) => match journal.runs.last().map(|r| r.state) {
-            Some(RunState::FailedRolledBack) => "last-apply-failed",
-            _ => "applied",
-        },
+        (None, _) => "applied",
     };
     match output {
         Output::Json => json(

@@ -72,7 +72,10 @@ pub fn parse_int(s: &str) -> Option<i128> {
         Some(d) => (true, d),
         None => (false, s),
     };
-    let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let n = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         Some(hex) => i128::from_str_radix(hex, 16).ok()?,
         None if digits.chars().all(|c| c.is_ascii_digit()) && !digits.is_empty() => {
             digits.parse().ok()?
@@ -190,9 +193,15 @@ mod tests {
         assert_eq!(e.is_met_by("4096\t87380\t134217728\n"), Some(true));
         assert_eq!(e.is_met_by("4096 87380 6291456"), Some(false));
         assert_eq!(Expected::Exact("0".into()).is_met_by("00"), Some(true));
-        assert_eq!(Expected::Exact("438".into()).is_met_by("0x01b6"), Some(true));
+        assert_eq!(
+            Expected::Exact("438".into()).is_met_by("0x01b6"),
+            Some(true)
+        );
         assert_eq!(Expected::Exact("-1".into()).is_met_by("-1"), Some(true));
-        assert_eq!(Expected::Exact("bbr".into()).is_met_by("0xbbr"), Some(false));
+        assert_eq!(
+            Expected::Exact("bbr".into()).is_met_by("0xbbr"),
+            Some(false)
+        );
         let min = Expected::Bound {
             min: Some(100),
             max: None,

@@ -105,6 +105,16 @@ pub fn plan(host: &HostRoot, profile: &Profile, classes: Option<&[Class]>) -> (p
     (plan::plan(profile, &report, &persisted, classes), report)
 }
 
+/// Classes whose settings live only in the running kernel: a reboot loses them, so the daemon
+/// re-applies them at start (sysctl and limits persist in the agent's files instead).
+pub const RUNTIME_ONLY: &[Class] = &[Class::Cpu, Class::Memory, Class::Block, Class::Clocksource];
+
+/// The daemon's entry point at start: re-applies the runtime-only settings of `profile`,
+/// journaled like any apply.
+pub fn reapply_runtime(s: &mut Session<'_>, profile: &Profile) -> Result<ApplyOutcome, ApplyError> {
+    apply(s, profile, Some(RUNTIME_ONLY))
+}
+
 /// Applies `profile` (only `classes` when given: the daemon's runtime re-apply at start).
 pub fn apply(
     s: &mut Session<'_>,
@@ -117,6 +127,19 @@ pub fn apply(
     let (plan, _) = plan(s.host, profile, classes);
     if plan.is_empty() {
         if interrupted.is_some() {
+            // The host now matches: record a complete (empty) run, or the interrupted one
+            // would stay the last run and verify would keep warning about it.
+            journal.runs.push(Run {
+                profile: profile.name.clone(),
+                profile_path: profile.source.display().to_string(),
+                started: now(),
+                finished: Some(now()),
+                uid: s.caller.uid,
+                user: s.caller.user.clone(),
+                state: RunState::Complete,
+                steps: Vec::new(),
+                error: None,
+            });
             s.state.save(&journal)?;
         }
         let after = tuning::verify(s.host, profile);
@@ -198,7 +221,8 @@ pub fn apply(
         if let Err(error) = result {
             return Err(fail_run(s, &mut journal, baseline_before, i, error));
         }
-        failpoint::hit("apply-after-step");
+        // Audited at once: a crash before the journal marks the step done must not leave a
+        // change without its record.
         s.audit.record(
             &s.caller,
             &format!(
@@ -217,6 +241,7 @@ pub fn apply(
                 ("NODE_AGENT_AFTER", &c.to.describe()),
             ],
         );
+        failpoint::hit("apply-after-step");
         if let Some(run) = journal.runs.last_mut() {
             run.steps[i].done = true;
         }
@@ -294,19 +319,55 @@ fn fail_run(
     let step = &run.steps[failed];
     let mut restored = Vec::new();
     let mut restore_failures = Vec::new();
+    // Every restore is a change of its own and gets its audit record.
+    let audit_restore = |s: &Session<'_>, class: Class, key: &str, from: &str, to: &Value| {
+        s.audit.record(
+            &s.caller,
+            &format!(
+                "apply {} failed, restoring {} {key}: {from} -> {}",
+                run.profile,
+                class.as_str(),
+                to.describe()
+            ),
+            &[
+                ("NODE_AGENT_ACTION", "apply-restore"),
+                ("NODE_AGENT_PROFILE", &run.profile),
+                ("NODE_AGENT_KEY", key),
+                ("NODE_AGENT_BEFORE", from),
+                ("NODE_AGENT_AFTER", &to.describe()),
+            ],
+        );
+    };
     for done in run.steps[..failed].iter().rev() {
         match change::execute(s.host, s.system, &done.target, &done.before) {
-            Ok(()) => restored.push(done.key.clone()),
+            Ok(()) => {
+                audit_restore(
+                    s,
+                    done.class,
+                    &done.key,
+                    &done.after.describe(),
+                    &done.before,
+                );
+                restored.push(done.key.clone());
+            }
             Err(e) => restore_failures.push(format!("{}: {e}", done.key)),
         }
     }
-    // Side-effect entries of this run go back too.
+    // Side-effect entries of this run go back too, where the side effect happened.
     for e in journal.baseline[baseline_before..]
         .iter()
         .filter(|e| e.side_effect_of.is_some())
     {
-        if let Err(err) = change::execute(s.host, s.system, &e.target, &e.original) {
-            restore_failures.push(format!("{}: {err}", e.key));
+        let current = change::observe(s.host, &e.target).ok();
+        if current.as_ref().is_some_and(|c| c.same_as(&e.original)) {
+            continue;
+        }
+        match change::execute(s.host, s.system, &e.target, &e.original) {
+            Ok(()) => {
+                let from = current.map_or("unreadable".to_owned(), |c| c.describe());
+                audit_restore(s, e.class, &e.key, &from, &e.original);
+            }
+            Err(err) => restore_failures.push(format!("{}: {err}", e.key)),
         }
     }
     if restore_failures.is_empty() {

@@ -50,7 +50,7 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
             );
             continue;
         };
-        let have: BTreeSet<String> = mount
+        let mut have: BTreeSet<String> = mount
             .mount_options
             .iter()
             .chain(mount.super_options.iter())
@@ -59,6 +59,7 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
                 None => k.clone(),
             })
             .collect();
+        crate::change::add_implicit_options(&mut have);
         let mut shown: Vec<&str> = mount.mount_options.keys().map(String::as_str).collect();
         shown.sort();
         let item = item.actual(shown.join(","));

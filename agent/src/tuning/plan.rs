@@ -41,6 +41,7 @@ pub struct Plan {
     pub schema_version: u32,
     pub profile: ProfileRef,
     pub host: String,
+    /// In the order apply makes them: the agent's files first, then the running values.
     pub changes: Vec<Change>,
     /// Knobs this machine lacks.
     pub unsupported: Vec<Skipped>,
@@ -101,12 +102,15 @@ pub fn plan(
         unsupported: Vec::new(),
         not_fixable: Vec::new(),
     };
+    // Runtime changes go after the agent's files (below): an apply interrupted after raising
+    // a bound then finds it in the file, so the next apply, which sees the bound met, keeps it.
+    let mut runtime = Vec::new();
     for item in report.items.iter().filter(|i| wanted(i.class)) {
         match item.status {
             Status::Pass => {}
             Status::Unsupported => out.unsupported.push(skipped(item, "")),
             Status::Drift if !item.fixes.is_empty() => {
-                out.changes.extend(item.fixes.iter().map(|f| Change {
+                runtime.extend(item.fixes.iter().map(|f| Change {
                     class: item.class,
                     key: item.key.clone(),
                     target: f.target.clone(),
@@ -203,6 +207,7 @@ pub fn plan(
                 .map(|i| skipped(i, "a limits file read after the agent's overrides it")),
         );
     }
+    out.changes.extend(runtime);
     out
 }
 

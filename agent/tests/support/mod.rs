@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use node_agent::host::HostRoot;
 use tempfile::TempDir;
@@ -175,6 +176,32 @@ impl FixtureHost {
     /// Where `profile` writes profiles (what `NODE_AGENT_PROFILE_PATH` points at).
     pub fn profiles_dir(&self) -> PathBuf {
         self.dir.path().join("profiles")
+    }
+
+    /// The agent's state directory for this fixture (what `NODE_AGENT_STATE_DIR` points at):
+    /// beside the host root, never inside it, so snapshots of the host tree exclude nothing.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs the real `agentctl` against this fixture: host root, profile path and state
+    /// directory all point into the fixture's temporary directory, so the machine is never
+    /// touched. `env` adds variables (a fail point) to the child only.
+    pub fn agentctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .args(args)
+            .env("NODE_AGENT_HOST_ROOT", self.root())
+            .env("NODE_AGENT_PROFILE_PATH", self.profiles_dir())
+            .env("NODE_AGENT_STATE_DIR", self.state_dir())
+            .env_remove("NODE_AGENT_FAILPOINT")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run agentctl")
+    }
+
+    /// `agentctl_env` without extra variables.
+    pub fn agentctl(&self, args: &[&str]) -> Output {
+        self.agentctl_env(args, &[])
     }
 
     pub fn online_cpus(&self) -> Range<u32> {
@@ -357,6 +384,12 @@ impl FixtureHost {
                 "4096\t16384\t4194304",
             ),
             ("net.ipv4.tcp_congestion_control", "bbr", "cubic"),
+            // Setting the default to bbr adds it here (the kernel's side effect).
+            (
+                "net.ipv4.tcp_allowed_congestion_control",
+                "reno cubic bbr",
+                "reno cubic",
+            ),
             (
                 "net.ipv4.tcp_available_congestion_control",
                 "reno cubic bbr",
