@@ -4,6 +4,7 @@
 #
 #   scripts/bench-verify.sh            # WARMUP=100 RUNS=1000 ROUNDS=3 by default
 #   RUNS=300 ROUNDS=1 scripts/bench-verify.sh
+#   FILES_FROM=report scripts/bench-verify.sh   # file list from the JSON report, not strace
 #
 # Writes into target/bench/: verify-files.txt (the files cat reads), verify-strace.txt (the
 # trace they come from), verify-rN.md and verify-rN.json (hyperfine's exports, one pair per
@@ -50,16 +51,26 @@ files_from_strace() {
         awk '!seen[$0]++'
 }
 files_from_report() {
+    local paths
+    paths=$({ "${VERIFY[@]}" --output json || true; } | jq -r '.items[].path // empty')
     {
         echo "$NODE_AGENT_PROFILE_PATH/$PROFILE.toml"
         echo "$NODE_AGENT_PROFILE_PATH/base.toml"
-        "${VERIFY[@]}" --output json | jq -r '.items[].path // empty'
         ls -d /etc/sysctl.d/*.conf /run/sysctl.d/*.conf /usr/local/lib/sysctl.d/*.conf \
-            /usr/lib/sysctl.d/*.conf /etc/security/limits.d/*.conf 2>/dev/null || true
-        echo /etc/security/limits.conf /etc/fstab /proc/sys/kernel/hostname | tr ' ' '\n'
-    } | awk '!seen[$0]++' | while read -r f; do [ -f "$f" ] && echo "$f"; done
+            /usr/lib/sysctl.d/*.conf 2>/dev/null || true
+        echo "$paths" | grep '^/proc/sys/' || true
+        # cpu items: the online list, and each idle state's latency beside its `disable`.
+        if echo "$paths" | grep -q '^/sys/devices/system/cpu/'; then
+            echo /sys/devices/system/cpu/online
+        fi
+        echo "$paths" | sed -n 's|\(/cpuidle/state[0-9]*\)/disable$|\1/latency|p'
+        echo "$paths" | grep -v '^/proc/sys/' || true
+        echo /etc/fstab /etc/security/limits.conf | tr ' ' '\n'
+        ls -d /etc/security/limits.d/*.conf 2>/dev/null || true
+        echo /proc/self/mountinfo /proc/sys/kernel/hostname | tr ' ' '\n'
+    } | awk '!seen[$0]++' | while read -r f; do if [ -f "$f" ]; then echo "$f"; fi; done
 }
-if command -v strace >/dev/null 2>&1 && files_from_strace >"$OUT/verify-files.txt" &&
+if [ "${FILES_FROM:-strace}" = strace ] && command -v strace >/dev/null 2>&1 && files_from_strace >"$OUT/verify-files.txt" &&
     [ -s "$OUT/verify-files.txt" ]; then
     SOURCE="strace -f -e trace=open,openat,openat2 of one run"
 else

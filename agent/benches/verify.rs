@@ -320,6 +320,17 @@ fn main() {
     let profile = profile::load(&path.to_string_lossy(), &search).expect("load trading-latency");
     let host = HostRoot::default();
 
+    // The first verify in a fresh process pays for code, page and allocator first touches,
+    // as a one-shot `agentctl` does; the loops below measure the warm steady state.
+    let t = Instant::now();
+    let first = tuning::verify(&host, &profile);
+    let cold = t.elapsed();
+    println!(
+        "first verify in this process (cold, one sample): {} µs for {} items\n",
+        us(cold),
+        first.items.len()
+    );
+
     println!("## verify: trading-latency, in-process\n");
     header();
     let n = iters(2000);

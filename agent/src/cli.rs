@@ -4,14 +4,17 @@
 use std::io::Write;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
 
 use crate::audit::{Audit, Caller};
 use crate::host::HostRoot;
 use crate::profile::{self, Profile, ProfileError, SearchPath};
 use crate::rollback::apply::{self, ApplyError, RollbackOutcome, Session};
 use crate::rollback::journal::{RunState, StateDir, StateError};
+use crate::settings::{Settings, SettingsError};
 use crate::system::{NoSystem, RealSystem, SystemActions};
 use crate::tuning;
+use crate::units::{self, JobOp, Systemd, UnitManager, UnitsError};
 use crate::verify::{InterruptedApply, Report};
 
 /// Exit codes, one table for all of agentctl (docs/OPERATIONS.md).
@@ -75,6 +78,36 @@ impl From<ApplyError> for CliError {
     }
 }
 
+impl From<SettingsError> for CliError {
+    fn from(e: SettingsError) -> Self {
+        let code = match &e {
+            SettingsError::Read { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Exit::CannotRun
+            }
+            _ => Exit::Invalid,
+        };
+        CliError {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<UnitsError> for CliError {
+    fn from(e: UnitsError) -> Self {
+        let code = match &e {
+            UnitsError::NoSuchUnit { .. } | UnitsError::NotManaged { .. } => Exit::Invalid,
+            UnitsError::Connect { .. } | UnitsError::Bus { .. } => Exit::CannotRun,
+        };
+        CliError {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError {
@@ -94,6 +127,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The agent's settings file [default: /etc/node-agent/agent.toml, or NODE_AGENT_SETTINGS].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub settings: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +150,53 @@ pub enum Command {
     /// Validate and list tuning profiles.
     #[command(subcommand)]
     Profile(ProfileCmd),
+    /// The managed trading units over D-Bus (the system bus, or DBUS_SYSTEM_BUS_ADDRESS).
+    ///
+    /// Only the units listed in the settings' [units] order may be controlled. Exit 2 for an
+    /// unknown or unmanaged unit, 3 when the bus is unreachable, 4 when a job fails or times out.
+    #[command(subcommand)]
+    Units(UnitsCmd),
+    /// Stop or start the whole trading platform in order.
+    ///
+    /// Stop runs the settings' order backwards (order intake first), waiting for each unit's
+    /// stop job up to its drain deadline; start runs it forwards. Both stop at the first unit
+    /// that fails or times out and say which (exit 4).
+    #[command(subcommand)]
+    Platform(PlatformCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnitsCmd {
+    /// Load, active and sub state, main PID, since, CPU affinity and memory of each managed
+    /// unit (or of the units named).
+    Status {
+        /// Managed units to show; all when none are named.
+        units: Vec<String>,
+    },
+    /// Start a managed unit and wait for its job.
+    Start { unit: String },
+    /// Stop a managed unit and wait for its job (up to its drain deadline).
+    Stop { unit: String },
+    /// Restart a managed unit and wait for its job.
+    Restart { unit: String },
+    /// Enable a managed unit (as systemctl enable, then reload systemd).
+    Enable { unit: String },
+    /// Disable a managed unit (as systemctl disable, then reload systemd).
+    Disable { unit: String },
+    /// Print state changes of the managed units as they happen, until interrupted.
+    Watch {
+        /// Exit after this many changes (for scripts and tests).
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum PlatformCmd {
+    /// Stop the platform: the settings' order backwards, each within its drain deadline.
+    Stop,
+    /// Start the platform: the settings' order forwards.
+    Start,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,15 +269,19 @@ pub struct Context {
     pub host: HostRoot,
     pub search: SearchPath,
     pub state: StateDir,
+    /// The system bus systemd is reached on.
+    pub bus: String,
 }
 
 impl Context {
-    /// `NODE_AGENT_HOST_ROOT`, `NODE_AGENT_PROFILE_PATH` and `NODE_AGENT_STATE_DIR`.
+    /// `NODE_AGENT_HOST_ROOT`, `NODE_AGENT_PROFILE_PATH`, `NODE_AGENT_STATE_DIR` and
+    /// `DBUS_SYSTEM_BUS_ADDRESS`.
     pub fn from_env() -> Self {
         Context {
             host: HostRoot::from_env(),
             search: SearchPath::from_env(),
             state: StateDir::from_env(),
+            bus: Systemd::address_from_env(),
         }
     }
 
@@ -269,6 +356,8 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             })
         }
         Command::Tune(Tune::Status) => status(cli.output, ctx, out),
+        Command::Units(cmd) => block_on(units_cmd(cli, ctx, cmd, out)),
+        Command::Platform(cmd) => block_on(platform_cmd(cli, ctx, *cmd, out)),
         Command::Tune(Tune::Show { profile }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
             match cli.output {
@@ -347,6 +436,232 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Runs a bus command on a single-threaded runtime: one connection, no thread pool.
+fn block_on(
+    f: impl std::future::Future<Output = Result<Exit, CliError>>,
+) -> Result<Exit, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError {
+            code: Exit::CannotRun,
+            error: anyhow::Error::new(e).context("failed to start the async runtime"),
+        })?
+        .block_on(f)
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, CliError> {
+    Ok(match &cli.settings {
+        Some(path) => Settings::load(path, true)?,
+        None => Settings::load(
+            &Settings::path_from_env(),
+            std::env::var_os(crate::settings::SETTINGS_ENV).is_some(),
+        )?,
+    })
+}
+
+fn format_us(us: u64) -> String {
+    if us == 0 {
+        "-".into()
+    } else {
+        crate::verify::format_time(us / 1_000_000)
+    }
+}
+
+async fn units_cmd(
+    cli: &Cli,
+    ctx: &Context,
+    cmd: &UnitsCmd,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let settings = load_settings(cli)?;
+    let units = &settings.units;
+    // Names are checked before the bus is touched: a typo is exit 2 even with no bus.
+    let named = |u: &str| units::managed(units, u);
+    let job = |op, u: &str| named(u).map(|n| (op, n));
+    let action = match cmd {
+        UnitsCmd::Start { unit } => Some(job(JobOp::Start, unit)?),
+        UnitsCmd::Stop { unit } => Some(job(JobOp::Stop, unit)?),
+        UnitsCmd::Restart { unit } => Some(job(JobOp::Restart, unit)?),
+        _ => None,
+    };
+    let systemd = Systemd::connect(&ctx.bus).await?;
+    if let Some((op, unit)) = action {
+        let deadline = match op {
+            JobOp::Stop => units.stop_deadline(&unit),
+            _ => units.job_timeout.0,
+        };
+        let step = units::job_step(&systemd, op, &unit, deadline).await?;
+        match cli.output {
+            Output::Json => json(out, &step)?,
+            Output::Table => writeln!(out, "{}", step_line(&step))?,
+        }
+        return Ok(if step.succeeded() {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        });
+    }
+    match cmd {
+        UnitsCmd::Enable { unit } | UnitsCmd::Disable { unit } => {
+            let name = named(unit)?;
+            let enable = matches!(cmd, UnitsCmd::Enable { .. });
+            systemd.set_enabled(&name, enable).await?;
+            let state = systemd.status(&name).await?.unit_file_state;
+            match cli.output {
+                Output::Json => json(
+                    out,
+                    &serde_json::json!({ "unit": name, "unit_file_state": state }),
+                )?,
+                Output::Table => writeln!(out, "{name}: {state}")?,
+            }
+            Ok(Exit::Ok)
+        }
+        UnitsCmd::Status { units: wanted } => {
+            let names = if wanted.is_empty() {
+                units.order.clone()
+            } else {
+                wanted
+                    .iter()
+                    .map(|u| named(u))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let mut statuses = Vec::new();
+            for n in &names {
+                statuses.push(systemd.status(n).await?);
+            }
+            match cli.output {
+                Output::Json => json(out, &statuses)?,
+                Output::Table => {
+                    writeln!(
+                        out,
+                        "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} MEMORY",
+                        "UNIT", "LOAD", "ACTIVE", "SUB", "PID", "SINCE", "CPUS"
+                    )?;
+                    for s in &statuses {
+                        writeln!(
+                            out,
+                            "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} {}",
+                            s.unit,
+                            s.load_state,
+                            s.active_state,
+                            s.sub_state,
+                            if s.main_pid == 0 {
+                                "-".into()
+                            } else {
+                                s.main_pid.to_string()
+                            },
+                            format_us(s.active_since_us),
+                            s.cpu_affinity.as_deref().unwrap_or("all"),
+                            s.memory_bytes
+                                .map_or("-".into(), |m| format!("{:.1} MiB", m as f64 / 1048576.0)),
+                        )?;
+                    }
+                }
+            }
+            // A managed unit that is not running is a finding for a monitoring script.
+            Ok(if statuses.iter().all(|s| s.active_state == "active") {
+                Exit::Ok
+            } else {
+                Exit::Drift
+            })
+        }
+        UnitsCmd::Watch { count } => {
+            let mut events = systemd.watch(&units.order).await?;
+            let mut seen = 0;
+            while count.is_none_or(|c| seen < c) {
+                let Some(e) = events.next().await else { break };
+                seen += 1;
+                match cli.output {
+                    Output::Json => {
+                        writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default())?
+                    }
+                    Output::Table => writeln!(
+                        out,
+                        "{}  {:<26} {}/{}",
+                        format_us(e.time_us),
+                        e.unit,
+                        e.active_state,
+                        e.sub_state
+                    )?,
+                }
+                out.flush()?;
+            }
+            Ok(Exit::Ok)
+        }
+        UnitsCmd::Start { .. } | UnitsCmd::Stop { .. } | UnitsCmd::Restart { .. } => Ok(Exit::Ok),
+    }
+}
+
+fn step_line(step: &units::Step) -> String {
+    format!(
+        "{:<7} {:<26} {:<10} {:>7} ms  now {}/{}",
+        step.op.as_str(),
+        step.unit,
+        step.result.as_str(),
+        step.duration_ms,
+        step.active_state,
+        step.sub_state
+    )
+}
+
+async fn platform_cmd(
+    cli: &Cli,
+    ctx: &Context,
+    cmd: PlatformCmd,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let settings = load_settings(cli)?;
+    let systemd = Systemd::connect(&ctx.bus).await?;
+    let op = match cmd {
+        PlatformCmd::Stop => JobOp::Stop,
+        PlatformCmd::Start => JobOp::Start,
+    };
+    let table = cli.output == Output::Table;
+    let mut write_err = None;
+    let report = units::platform(&systemd, &settings.units, op, |step| {
+        if table && let Err(e) = writeln!(out, "{}", step_line(step)).and_then(|_| out.flush()) {
+            write_err.get_or_insert(e);
+        }
+    })
+    .await?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    match cli.output {
+        Output::Json => json(out, &report)?,
+        Output::Table => match &report.failed {
+            None => writeln!(
+                out,
+                "platform {}: all {} units done",
+                op.as_str(),
+                report.steps.len()
+            )?,
+            Some(unit) => {
+                let last = report.steps.last();
+                writeln!(
+                    out,
+                    "platform {} STOPPED at {unit}: {} (now {}/{}); not reached: {}",
+                    op.as_str(),
+                    last.map_or("?", |s| s.result.as_str()),
+                    last.map_or("?", |s| s.active_state.as_str()),
+                    last.map_or("?", |s| s.sub_state.as_str()),
+                    if report.not_reached.is_empty() {
+                        "none".into()
+                    } else {
+                        report.not_reached.join(", ")
+                    }
+                )?
+            }
+        },
+    }
+    Ok(if report.failed.is_none() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
 }
 
 fn verdict(report: &Report, strict: bool) -> Exit {
