@@ -528,10 +528,7 @@ async fn units_cmd(
                     .map(|u| named(u))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let mut statuses = Vec::new();
-            for n in &names {
-                statuses.push(systemd.status(n).await?);
-            }
+            let statuses = units::status_all(&systemd, &names).await?;
             match cli.output {
                 Output::Json => json(out, &statuses)?,
                 Output::Table => {

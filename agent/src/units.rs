@@ -213,6 +213,8 @@ impl Systemd {
         Ok(Systemd { conn, manager })
     }
 
+    /// All properties of one interface in one call. (Asking for the few needed ones with
+    /// concurrent Gets measured slower against systemd 252: docs/BENCHMARKS.md.)
     async fn properties(
         &self,
         path: &OwnedObjectPath,
@@ -319,12 +321,17 @@ impl UnitManager for Systemd {
         let e = |e| UnitsError::from_bus("query", unit, e);
         // LoadUnit also answers for units that are not loaded (LoadState "not-found").
         let path = self.manager.load_unit(unit.to_string()).await.map_err(e)?;
-        let u = self.properties(&path, UNIT_IFACE).await.map_err(e)?;
-        let s = if unit.as_str().ends_with(".service") {
-            self.properties(&path, SERVICE_IFACE).await.map_err(e)?
-        } else {
-            HashMap::new()
+        let unit_props = self.properties(&path, UNIT_IFACE);
+        let service_props = async {
+            if unit.as_str().ends_with(".service") {
+                self.properties(&path, SERVICE_IFACE).await
+            } else {
+                Ok(HashMap::new())
+            }
         };
+        let (u, s) = futures_util::future::try_join(unit_props, service_props)
+            .await
+            .map_err(e)?;
         let text = |k: &str| get::<String>(&u, k).unwrap_or_default();
         let cpus = get::<Vec<u8>>(&s, "CPUAffinity")
             .map(|m| mask_to_cpus(&m))
@@ -400,6 +407,15 @@ impl UnitManager for Systemd {
             .await
             .map_err(|e| UnitsError::from_bus("reload systemd for", unit, e))
     }
+}
+
+/// The status of several units, queried concurrently on the one connection (the bus
+/// pipelines the calls instead of paying a round trip per property set in turn).
+pub async fn status_all<M: UnitManager>(
+    m: &M,
+    units: &[UnitName],
+) -> Result<Vec<UnitStatus>, UnitsError> {
+    futures_util::future::try_join_all(units.iter().map(|u| m.status(u))).await
 }
 
 /// One step of a platform stop or start.

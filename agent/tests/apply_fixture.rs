@@ -1406,3 +1406,56 @@ fn every_apply_and_rollback_step_is_an_audit_line() {
         );
     }
 }
+
+/// The daemon's start-up entry point re-applies only what a reboot loses (cpu, memory, block,
+/// clocksource): sysctls and limits persist in the agent's files and are left to them.
+#[test]
+fn runtime_reapply_touches_only_runtime_classes() {
+    let fx = FixtureHost::stock();
+    let profile = load(&fx.profile(
+        "runtime",
+        r#"
+[sysctl]
+"vm.swappiness" = 10
+
+[memory]
+transparent_hugepage = "never"
+
+[limits]
+"*" = { nofile = 1000000 }
+"#,
+    ));
+    let host = fx.host();
+    let state = StateDir::new(fx.state_dir());
+    let audit = Audit::new(Some(&fx.state_dir()));
+    let swappiness = std::fs::read_to_string(fx.real("/proc/sys/vm/swappiness")).unwrap();
+    let mut system = RecordingSystem::default();
+    let mut session = Session {
+        host: &host,
+        state: &state,
+        system: &mut system,
+        audit: &audit,
+        caller: Caller::current(),
+    };
+    let outcome = apply::reapply_runtime(&mut session, &profile).expect("runtime re-apply");
+    let classes: Vec<Class> = outcome.plan.changes.iter().map(|c| c.class).collect();
+    assert_eq!(classes, [Class::Memory], "{:#?}", outcome.plan.changes);
+    assert_eq!(
+        std::fs::read_to_string(fx.real("/sys/kernel/mm/transparent_hugepage/enabled")).unwrap(),
+        "always madvise [never]\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.real("/proc/sys/vm/swappiness")).unwrap(),
+        swappiness,
+        "sysctls are not runtime-only"
+    );
+    assert!(!fx.real(SYSCTL_FILE).exists());
+    assert!(!fx.real(LIMITS_FILE).exists());
+    // Journaled like any apply: rollback restores THP.
+    let out = apply::rollback(&mut session, false).expect("rollback");
+    assert_eq!(out.restored.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(fx.real("/sys/kernel/mm/transparent_hugepage/enabled")).unwrap(),
+        "always [madvise] never\n"
+    );
+}
