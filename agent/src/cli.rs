@@ -40,14 +40,19 @@ pub struct CliError {
     pub error: anyhow::Error,
 }
 
+/// A file that could not be read is invalid input (2), unless permission was denied (3).
+fn read_error_code(source: &std::io::Error) -> Exit {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        Exit::CannotRun
+    } else {
+        Exit::Invalid
+    }
+}
+
 impl From<ProfileError> for CliError {
     fn from(e: ProfileError) -> Self {
         let code = match &e {
-            ProfileError::Read { source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                Exit::CannotRun
-            }
+            ProfileError::Read { source, .. } => read_error_code(source),
             _ => Exit::Invalid,
         };
         CliError {
@@ -81,12 +86,8 @@ impl From<ApplyError> for CliError {
 impl From<SettingsError> for CliError {
     fn from(e: SettingsError) -> Self {
         let code = match &e {
-            SettingsError::Read { source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                Exit::CannotRun
-            }
-            _ => Exit::Invalid,
+            SettingsError::Read { source, .. } => read_error_code(source),
+            SettingsError::Invalid { .. } => Exit::Invalid,
         };
         CliError {
             code,
@@ -705,11 +706,8 @@ fn run_apply(
                 for c in &outcome.plan.changes {
                     writeln!(
                         out,
-                        "  {} {}: {} → {}",
-                        c.class.as_str(),
-                        c.key,
-                        c.from.describe(),
-                        c.to.describe()
+                        "  {}",
+                        tuning::plan::change_line(c.class, &c.key, &c.from, &c.to)
                     )?;
                 }
             }
@@ -731,11 +729,8 @@ fn rollback_table(o: &RollbackOutcome) -> String {
         for r in &o.restored {
             let _ = writeln!(
                 s,
-                "  {} {}: {} → {}",
-                r.class.as_str(),
-                r.key,
-                r.from.describe(),
-                r.to.describe()
+                "  {}",
+                tuning::plan::change_line(r.class, &r.key, &r.from, &r.to)
             );
         }
     }

@@ -305,6 +305,16 @@ fn limits_file(profile: &Profile) -> String {
     out
 }
 
+/// `class key: from → to`, as plans, applies and rollbacks print a change.
+pub fn change_line(class: Class, key: &str, from: &Value, to: &Value) -> String {
+    format!(
+        "{} {key}: {} → {}",
+        class.as_str(),
+        from.describe(),
+        to.describe()
+    )
+}
+
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
@@ -327,14 +337,7 @@ impl Plan {
         } else {
             let _ = writeln!(out, "\n{} change(s):", self.changes.len());
             for c in &self.changes {
-                let _ = writeln!(
-                    out,
-                    "  {} {}: {} → {}",
-                    c.class.as_str(),
-                    c.key,
-                    c.from.describe(),
-                    c.to.describe()
-                );
+                let _ = writeln!(out, "  {}", change_line(c.class, &c.key, &c.from, &c.to));
             }
         }
         for (title, list) in [
