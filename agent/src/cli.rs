@@ -14,6 +14,7 @@ use crate::rollback::journal::{RunState, StateDir, StateError};
 use crate::settings::{Settings, SettingsError};
 use crate::system::{NoSystem, RealSystem, SystemActions};
 use crate::tuning;
+use crate::tuning::units::UnitsObserved;
 use crate::units::{self, JobOp, Systemd, UnitManager, UnitsError};
 use crate::verify::{InterruptedApply, Report};
 
@@ -313,7 +314,8 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
     match &cli.command {
         Command::Tune(Tune::Verify { profile, strict }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
-            let mut report = tuning::verify(&ctx.host, &profile);
+            let units = observe_units(cli, ctx, &profile)?;
+            let mut report = tuning::verify_with_units(&ctx.host, &profile, units.as_ref());
             report.interrupted_apply = interrupted_apply(&ctx.state);
             match cli.output {
                 Output::Json => writeln!(out, "{}", report.to_json())?,
@@ -324,16 +326,19 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
         Command::Tune(Tune::Apply { profile, dry_run }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
             if *dry_run {
-                let (plan, _) = apply::plan(&ctx.host, &profile, None);
+                let units = observe_units(cli, ctx, &profile)?;
+                let (plan, _) = apply::plan(&ctx.host, &profile, None, units.as_ref());
                 match cli.output {
                     Output::Json => writeln!(out, "{}", plan.to_json())?,
                     Output::Table => write!(out, "{}", plan.to_table())?,
                 }
                 return Ok(Exit::Ok);
             }
-            run_apply(cli.output, ctx, &profile, out)
+            let units = observe_units(cli, ctx, &profile)?;
+            run_apply(cli, ctx, &profile, units, out)
         }
         Command::Tune(Tune::Rollback { force }) => {
+            let mut reload = reloader(ctx);
             let mut system = ctx.system();
             let audit = Audit::new(Some(ctx.state.path()));
             let mut session = Session {
@@ -342,19 +347,23 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
                 system: system.as_mut(),
                 audit: &audit,
                 caller: Caller::current(),
+                units: None,
+                reload: Some(&mut reload),
             };
             let outcome = apply::rollback(&mut session, *force)?;
             match cli.output {
                 Output::Json => json(out, &outcome)?,
                 Output::Table => write!(out, "{}", rollback_table(&outcome))?,
             }
-            Ok(if !outcome.failed.is_empty() {
-                Exit::Failed
-            } else if !outcome.left_alone.is_empty() {
-                Exit::Drift
-            } else {
-                Exit::Ok
-            })
+            Ok(
+                if !outcome.failed.is_empty() || outcome.systemd_reload_error.is_some() {
+                    Exit::Failed
+                } else if !outcome.left_alone.is_empty() {
+                    Exit::Drift
+                } else {
+                    Exit::Ok
+                },
+            )
         }
         Command::Tune(Tune::Status) => status(cli.output, ctx, out),
         Command::Units(cmd) => block_on(units_cmd(cli, ctx, cmd, out)),
@@ -440,9 +449,7 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
 }
 
 /// Runs a bus command on a single-threaded runtime: one connection, no thread pool.
-fn block_on(
-    f: impl std::future::Future<Output = Result<Exit, CliError>>,
-) -> Result<Exit, CliError> {
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -662,6 +669,47 @@ async fn platform_cmd(
     })
 }
 
+/// The managed units' limits, when the profile has unit-relevant limits and the host is the
+/// running machine (under another host root the bus is not that tree's).
+fn observe_units(
+    cli: &Cli,
+    ctx: &Context,
+    profile: &Profile,
+) -> Result<Option<UnitsObserved>, CliError> {
+    let wanted = profile.settings.limits.iter().any(|(d, items)| {
+        d.as_str() == "*"
+            && items
+                .keys()
+                .any(|i| tuning::units::systemd_limit(*i).is_some())
+    });
+    if !wanted || !ctx.host.is_live() {
+        return Ok(None);
+    }
+    let settings = load_settings(cli)?;
+    if settings.units.order.is_empty() {
+        return Ok(None);
+    }
+    block_on(async { Ok(units::observe_units(&ctx.bus, &settings.units.order).await) }).map(Some)
+}
+
+/// Reloads systemd over the bus, for apply and rollback after unit drop-ins changed.
+fn reloader(ctx: &Context) -> impl FnMut() -> Result<(), String> + '_ {
+    || {
+        let run = async {
+            Systemd::connect(&ctx.bus)
+                .await
+                .map_err(|e| e.to_string())?
+                .reload()
+                .await
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(run)
+    }
+}
+
 fn verdict(report: &Report, strict: bool) -> Exit {
     if report.is_compliant(strict) {
         Exit::Ok
@@ -671,11 +719,14 @@ fn verdict(report: &Report, strict: bool) -> Exit {
 }
 
 fn run_apply(
-    output: Output,
+    cli: &Cli,
     ctx: &Context,
     profile: &Profile,
+    units: Option<UnitsObserved>,
     out: &mut dyn Write,
 ) -> Result<Exit, CliError> {
+    let output = cli.output;
+    let mut reload = reloader(ctx);
     let mut system = ctx.system();
     let audit = Audit::new(Some(ctx.state.path()));
     let mut session = Session {
@@ -684,8 +735,15 @@ fn run_apply(
         system: system.as_mut(),
         audit: &audit,
         caller: Caller::current(),
+        units: units.clone(),
+        reload: Some(&mut reload),
     };
-    let outcome = apply::apply(&mut session, profile, None)?;
+    let mut outcome = apply::apply(&mut session, profile, None)?;
+    if units.is_some() {
+        // The units' properties changed with the reload: ask the bus again for the report.
+        let fresh = observe_units(cli, ctx, profile)?;
+        outcome.after = tuning::verify_with_units(&ctx.host, profile, fresh.as_ref());
+    }
     match output {
         Output::Json => json(out, &outcome)?,
         Output::Table => {
@@ -711,9 +769,15 @@ fn run_apply(
                     )?;
                 }
             }
+            if let Some(e) = &outcome.systemd_reload_error {
+                writeln!(out, "WARNING: unit drop-ins changed but {e}")?;
+            }
             writeln!(out)?;
             write!(out, "{}", outcome.after.to_table())?;
         }
+    }
+    if outcome.systemd_reload_error.is_some() {
+        return Ok(Exit::Failed);
     }
     Ok(verdict(&outcome.after, false))
 }

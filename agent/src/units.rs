@@ -15,6 +15,7 @@ use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::profile::types::CpuList;
 use crate::settings::{UnitName, Units};
+use crate::tuning::units::{ObservedUnit, UnitsObserved};
 
 /// The environment variable the D-Bus specification names for the system bus address.
 pub const SYSTEM_BUS_ENV: &str = "DBUS_SYSTEM_BUS_ADDRESS";
@@ -281,6 +282,65 @@ impl Systemd {
         Ok(futures_util::stream::select_all(
             streams.into_iter().map(Box::pin),
         ))
+    }
+}
+
+impl Systemd {
+    /// LoadState, MainPID and every Limit*= property of one unit.
+    pub async fn observe_limits(&self, unit: &UnitName) -> Result<ObservedUnit, UnitsError> {
+        let e = |e| UnitsError::from_bus("query", unit, e);
+        let path = self.manager.load_unit(unit.to_string()).await.map_err(e)?;
+        let u = self.properties(&path, UNIT_IFACE).await.map_err(e)?;
+        let load_state = get::<String>(&u, "LoadState").unwrap_or_default();
+        if load_state != "loaded" || !unit.as_str().ends_with(".service") {
+            return Ok(ObservedUnit {
+                unit: unit.to_string(),
+                load_state,
+                main_pid: 0,
+                limits: Default::default(),
+            });
+        }
+        let s = self.properties(&path, SERVICE_IFACE).await.map_err(e)?;
+        Ok(ObservedUnit {
+            unit: unit.to_string(),
+            load_state,
+            main_pid: get(&s, "MainPID").unwrap_or(0),
+            limits: s
+                .iter()
+                .filter(|(k, _)| k.starts_with("Limit"))
+                .filter_map(|(k, v)| Some((k.clone(), u64::try_from(v.try_clone().ok()?).ok()?)))
+                .collect(),
+        })
+    }
+
+    /// Reloads systemd's unit files (as `systemctl daemon-reload`).
+    pub async fn reload(&self) -> Result<(), String> {
+        self.manager
+            .reload()
+            .await
+            .map_err(|e| format!("failed to reload systemd: {e}"))
+    }
+}
+
+/// What the bus says about the managed units' limits, for verify and apply. A host without a
+/// system bus socket has no systemd to ask: that is `NoBus` (the class is unsupported there),
+/// any other failure is `Failed`.
+pub async fn observe_units(bus: &str, units: &[UnitName]) -> UnitsObserved {
+    if let Some(socket) = bus.strip_prefix("unix:path=")
+        && !std::path::Path::new(socket).exists()
+    {
+        return UnitsObserved::NoBus(format!(
+            "no system bus at {socket}: systemd is not running here"
+        ));
+    }
+    let systemd = match Systemd::connect(bus).await {
+        Ok(s) => s,
+        Err(e) => return UnitsObserved::Failed(e.to_string()),
+    };
+    match futures_util::future::try_join_all(units.iter().map(|u| systemd.observe_limits(u))).await
+    {
+        Ok(observed) => UnitsObserved::Units(observed),
+        Err(e) => UnitsObserved::Failed(e.to_string()),
     }
 }
 

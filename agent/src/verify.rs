@@ -21,6 +21,8 @@ pub enum Class {
     Limits,
     Mount,
     Clocksource,
+    /// Resource limits of the managed systemd units.
+    Units,
 }
 
 impl Class {
@@ -33,6 +35,7 @@ impl Class {
             Class::Limits => "limits",
             Class::Mount => "mount",
             Class::Clocksource => "clocksource",
+            Class::Units => "units",
         }
     }
 }

@@ -611,6 +611,8 @@ fn swap_off_and_remount_are_system_actions_and_rollback_reverses_them() {
             system: &mut system,
             audit: &audit,
             caller: Caller::current(),
+            units: None,
+            reload: None,
         },
         &profile,
         None,
@@ -659,7 +661,7 @@ fn swap_off_and_remount_are_system_actions_and_rollback_reverses_them() {
             ("mount./data.options", Status::NotPersistent)
         ]
     );
-    let (again, _) = apply::plan(&host, &profile, None);
+    let (again, _) = apply::plan(&host, &profile, None, None);
     assert!(again.changes.is_empty(), "{:#?}", again.changes);
 
     let mut system = RecordingSystem::default();
@@ -670,6 +672,8 @@ fn swap_off_and_remount_are_system_actions_and_rollback_reverses_them() {
             system: &mut system,
             audit: &audit,
             caller: Caller::current(),
+            units: None,
+            reload: None,
         },
         false,
     )
@@ -1436,6 +1440,8 @@ transparent_hugepage = "never"
         system: &mut system,
         audit: &audit,
         caller: Caller::current(),
+        units: None,
+        reload: None,
     };
     let outcome = apply::reapply_runtime(&mut session, &profile).expect("runtime re-apply");
     let classes: Vec<Class> = outcome.plan.changes.iter().map(|c| c.class).collect();

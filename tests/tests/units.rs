@@ -430,3 +430,146 @@ fn watch_reports_state_changes() {
     );
     finish(container);
 }
+
+/// Runs the agentctl binary of this build inside the container, where `/`, `/proc` and the
+/// system bus are the container's: the agent as it runs on a trading host.
+fn agentctl_inside(container: &Container, args: &[&str]) -> (i32, String, String) {
+    let mut argv = vec!["/usr/local/bin/agentctl"];
+    argv.extend_from_slice(args);
+    let out = container.exec(&argv).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn item<'a>(report: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == key)
+        .unwrap_or_else(|| panic!("no item {key} in {report:#}"))
+}
+
+#[test]
+fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
+    if !systemd_tests_enabled("unit_limits_are_verified_applied_by_drop_in_and_rolled_back") {
+        return;
+    }
+    let binary = nspawn::target_dir().join("debug/agentctl");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (cargo build -p node-agent; cargo test --workspace does)",
+        binary.display()
+    );
+    // The engine runs with systemd's default limits; the profile wants 4096 open files (below
+    // the container's own hard limit, which an unprivileged container cannot raise).
+    let container = boot(
+        "na-units-limits",
+        &[UnitSpec::new("trading-engine").limits(None)],
+    );
+    container
+        .write_file(
+            "/usr/local/bin/agentctl",
+            std::fs::read(&binary).unwrap(),
+            0o755,
+        )
+        .unwrap();
+    container
+        .write_file(
+            "/etc/node-agent/agent.toml",
+            "[units]\norder = [\"trading-engine\"]\n",
+            0o644,
+        )
+        .unwrap();
+    let profile = "/etc/node-agent/profiles/engine-limits.toml";
+    container
+        .write_file(profile, "[limits]\n\"*\" = { nofile = 4096 }\n", 0o644)
+        .unwrap();
+    let (code, _, err) = agentctl_inside(&container, &["units", "start", "trading-engine"]);
+    assert_eq!(code, 0, "{err}");
+
+    let verify = |expect: i32| -> serde_json::Value {
+        let (code, out, err) =
+            agentctl_inside(&container, &["tune", "verify", "-p", profile, "-o", "json"]);
+        assert_eq!(code, expect, "{out}\n{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let before = verify(1);
+    let soft = item(&before, "units.trading-engine.service.nofile.soft");
+    assert_eq!(soft["status"], "drift", "{soft:#}");
+    assert_eq!(soft["actual"], "1024", "systemd's default soft limit");
+    assert_eq!(
+        soft["path"],
+        "/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf"
+    );
+    let running = item(
+        &before,
+        "units.trading-engine.service.nofile.soft.effective",
+    );
+    assert_eq!(running["status"], "drift");
+    assert_eq!(running["actual"], "1024");
+
+    // Apply writes the drop-in and reloads systemd; the running process keeps its limits
+    // until it restarts, which apply reports instead of doing.
+    let (code, out, err) =
+        agentctl_inside(&container, &["tune", "apply", "-p", profile, "-o", "json"]);
+    assert_eq!(
+        code, 1,
+        "the running engine still has the old limit: {out}\n{err}"
+    );
+    let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(applied["systemd_reload_error"].is_null(), "{applied:#}");
+    let drop_in = container
+        .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf")
+        .unwrap()
+        .expect("drop-in written");
+    assert!(
+        drop_in.ends_with("[Service]\nLimitNOFILE=4096:4096\n"),
+        "{drop_in}"
+    );
+    assert_eq!(
+        item(
+            &applied["after"],
+            "units.trading-engine.service.nofile.soft"
+        )["status"],
+        "pass"
+    );
+    let eff = item(
+        &applied["after"],
+        "units.trading-engine.service.nofile.soft.effective",
+    );
+    assert_eq!(eff["status"], "drift");
+    assert!(
+        eff["reason"]
+            .as_str()
+            .unwrap()
+            .contains("agentctl units restart trading-engine.service")
+    );
+
+    let (code, _, err) = agentctl_inside(&container, &["units", "restart", "trading-engine"]);
+    assert_eq!(code, 0, "{err}");
+    let after = verify(0);
+    assert_eq!(
+        item(&after, "units.trading-engine.service.nofile.hard.effective")["actual"],
+        "4096"
+    );
+
+    // Rollback removes the drop-in and reloads: the unit's limit is systemd's default again.
+    let (code, out, err) = agentctl_inside(&container, &["tune", "rollback"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        container
+            .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf")
+            .unwrap()
+            .is_none()
+    );
+    let rolled_back = verify(1);
+    assert_eq!(
+        item(&rolled_back, "units.trading-engine.service.nofile.soft")["actual"],
+        "1024"
+    );
+    finish(container);
+}

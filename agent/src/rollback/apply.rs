@@ -17,6 +17,7 @@ use crate::failpoint;
 use crate::host::{HostError, HostRoot};
 use crate::profile::Profile;
 use crate::system::SystemActions;
+use crate::tuning::units::UnitsObserved;
 use crate::tuning::{self, plan};
 use crate::verify::{Class, Report};
 
@@ -34,6 +35,23 @@ pub struct Session<'a> {
     pub system: &'a mut dyn SystemActions,
     pub audit: &'a Audit,
     pub caller: Caller,
+    /// What the bus said about the managed units (their limits are planned only with it).
+    pub units: Option<UnitsObserved>,
+    /// Reloads systemd (Manager.Reload) after unit drop-ins changed.
+    pub reload: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+}
+
+/// Where unit files and drop-ins live: a change there needs a systemd reload.
+const SYSTEMD_DIR: &str = "/etc/systemd/system/";
+
+fn touches_systemd<'t>(mut targets: impl Iterator<Item = &'t Target>) -> bool {
+    targets.any(|t| matches!(t, Target::ConfigFile { path } if path.starts_with(SYSTEMD_DIR)))
+}
+
+/// Reloads systemd when a session can; the error, if any, for the outcome.
+fn reload_systemd(s: &mut Session<'_>) -> Option<String> {
+    let reload = s.reload.as_mut()?;
+    reload().err()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +107,9 @@ pub struct ApplyOutcome {
     pub interrupted: Option<Run>,
     /// Verify after applying.
     pub after: Report,
+    /// Set when unit drop-ins changed but systemd could not be reloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_reload_error: Option<String>,
 }
 
 fn now() -> u64 {
@@ -99,8 +120,13 @@ fn now() -> u64 {
 }
 
 /// The plan for `profile` on this host, without changing anything (`--dry-run`).
-pub fn plan(host: &HostRoot, profile: &Profile, classes: Option<&[Class]>) -> (plan::Plan, Report) {
-    let report = tuning::verify(host, profile);
+pub fn plan(
+    host: &HostRoot,
+    profile: &Profile,
+    classes: Option<&[Class]>,
+    units: Option<&UnitsObserved>,
+) -> (plan::Plan, Report) {
+    let report = tuning::verify_with_units(host, profile, units);
     let persisted = plan::observe_persistence(host);
     (plan::plan(profile, &report, &persisted, classes), report)
 }
@@ -124,7 +150,7 @@ pub fn apply(
     let _lock = s.state.lock()?;
     let mut journal = s.state.load()?;
     let interrupted = mark_interrupted(&mut journal);
-    let (plan, _) = plan(s.host, profile, classes);
+    let (plan, _) = plan(s.host, profile, classes, s.units.as_ref());
     if plan.is_empty() {
         if interrupted.is_some() {
             // The host now matches: record a complete (empty) run, or the interrupted one
@@ -142,11 +168,12 @@ pub fn apply(
             });
             s.state.save(&journal)?;
         }
-        let after = tuning::verify(s.host, profile);
+        let after = tuning::verify_with_units(s.host, profile, s.units.as_ref());
         return Ok(ApplyOutcome {
             plan,
             interrupted,
             after,
+            systemd_reload_error: None,
         });
     }
 
@@ -252,11 +279,18 @@ pub fn apply(
         run.finished = Some(now());
     }
     s.state.save(&journal)?;
-    let after = tuning::verify(s.host, profile);
+    let systemd_reload_error = if touches_systemd(plan.changes.iter().map(|c| &c.target)) {
+        reload_systemd(s)
+    } else {
+        None
+    };
+    // With unit limits, the caller re-observes the units after the reload for its report.
+    let after = tuning::verify_with_units(s.host, profile, s.units.as_ref());
     Ok(ApplyOutcome {
         plan,
         interrupted,
         after,
+        systemd_reload_error,
     })
 }
 
@@ -373,6 +407,11 @@ fn fail_run(
     if restore_failures.is_empty() {
         journal.baseline.truncate(baseline_before);
     }
+    if touches_systemd(run.steps[..failed].iter().map(|st| &st.target))
+        && let Some(e) = reload_systemd(s)
+    {
+        restore_failures.push(format!("systemd reload: {e}"));
+    }
     let message = format!("{} {}: {error}", step.class.as_str(), step.key);
     if let Some(r) = journal.runs.last_mut() {
         r.state = RunState::FailedRolledBack;
@@ -435,6 +474,9 @@ pub struct RollbackOutcome {
     pub left_alone: Vec<NotRestored>,
     /// Restoring failed; kept in the journal.
     pub failed: Vec<NotRestored>,
+    /// Set when unit drop-ins were restored but systemd could not be reloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_reload_error: Option<String>,
 }
 
 impl RollbackOutcome {
@@ -524,6 +566,9 @@ pub fn rollback(s: &mut Session<'_>, force: bool) -> Result<RollbackOutcome, Sta
         }
     }
     out.restored.reverse();
+    if touches_systemd(out.restored.iter().map(|r| &r.target)) {
+        out.systemd_reload_error = reload_systemd(s);
+    }
     if keep.is_empty() {
         s.state.remove()?;
     } else {

@@ -9,14 +9,25 @@ pub mod memory;
 pub mod mount;
 pub mod plan;
 pub mod sysctl;
+pub mod units;
 
 use crate::change::{Target, Value};
 use crate::host::{HostError, HostRoot};
 use crate::profile::{Expected, Profile};
 use crate::verify::{Class, Item, ProfileRef, Report, Status};
 
-/// Reads the host afresh and compares every value the profile names.
+/// Reads the host afresh and compares every value the profile names (without the managed
+/// units, which need the bus: see [`verify_with_units`]).
 pub fn verify(host: &HostRoot, profile: &Profile) -> Report {
+    verify_with_units(host, profile, None)
+}
+
+/// [`verify`], plus the managed units' limits from what the bus said about them.
+pub fn verify_with_units(
+    host: &HostRoot,
+    profile: &Profile,
+    units_observed: Option<&units::UnitsObserved>,
+) -> Report {
     let s = &profile.settings;
     let mut items = Vec::new();
     sysctl::verify(host, &s.sysctl, &mut items);
@@ -31,6 +42,9 @@ pub fn verify(host: &HostRoot, profile: &Profile) -> Report {
     mount::verify(host, &s.mount, &mut items);
     if let Some(cs) = &s.clocksource {
         clocksource::verify(host, cs, &mut items);
+    }
+    if let Some(observed) = units_observed {
+        units::verify(host, &profile.name, &s.limits, observed, &mut items);
     }
     Report::new(
         ProfileRef {

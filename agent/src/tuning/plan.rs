@@ -110,13 +110,23 @@ pub fn plan(
             Status::Pass => {}
             Status::Unsupported => out.unsupported.push(skipped(item, "")),
             Status::Drift if !item.fixes.is_empty() => {
-                runtime.extend(item.fixes.iter().map(|f| Change {
-                    class: item.class,
-                    key: item.key.clone(),
-                    target: f.target.clone(),
-                    from: f.from.clone(),
-                    to: f.to.clone(),
-                }));
+                for f in &item.fixes {
+                    // Several items can be fixed by one change (a unit's drop-in holds all
+                    // its limits): plan it once.
+                    if runtime.iter().any(|c: &Change| c.target == f.target) {
+                        continue;
+                    }
+                    runtime.push(Change {
+                        class: item.class,
+                        key: match &f.target {
+                            Target::ConfigFile { path } => path.clone(),
+                            _ => item.key.clone(),
+                        },
+                        target: f.target.clone(),
+                        from: f.from.clone(),
+                        to: f.to.clone(),
+                    });
+                }
             }
             // sysctl and limits findings are fixed by the agent's files, checked below.
             _ if matches!(item.class, Class::Sysctl | Class::Limits) => {}
