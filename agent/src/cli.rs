@@ -669,27 +669,46 @@ async fn platform_cmd(
     })
 }
 
-/// The managed units' limits, when the profile has unit-relevant limits and the host is the
-/// running machine (under another host root the bus is not that tree's).
+/// What the bus says about the managed units and the engine units, when the profile has
+/// something to check on them (unit limits, engine CPU affinity) and the host is the running
+/// machine (under another host root the bus is not that tree's). Also checks the isolation
+/// layout against the host's CPUs: a layout for another machine is invalid input.
 fn observe_units(
     cli: &Cli,
     ctx: &Context,
     profile: &Profile,
 ) -> Result<Option<UnitsObserved>, CliError> {
-    let wanted = profile.settings.limits.iter().any(|(d, items)| {
+    let iso = profile.settings.isolation.as_ref();
+    if let Some(iso) = iso {
+        tuning::isolation::check_layout(&ctx.host, iso).map_err(|e| CliError {
+            code: Exit::Invalid,
+            error: anyhow::anyhow!("{}: {e}", profile.source.display()),
+        })?;
+    }
+    let limits = profile.settings.limits.iter().any(|(d, items)| {
         d.as_str() == "*"
             && items
                 .keys()
                 .any(|i| tuning::units::systemd_limit(*i).is_some())
     });
-    if !wanted || !ctx.host.is_live() {
+    let engines = iso.map(|i| i.engine_units.clone()).unwrap_or_default();
+    if (!limits && engines.is_empty()) || !ctx.host.is_live() {
         return Ok(None);
     }
-    let settings = load_settings(cli)?;
-    if settings.units.order.is_empty() {
+    let mut names = if limits {
+        load_settings(cli)?.units.order
+    } else {
+        Vec::new()
+    };
+    for e in engines {
+        if !names.contains(&e) {
+            names.push(e);
+        }
+    }
+    if names.is_empty() {
         return Ok(None);
     }
-    block_on(async { Ok(units::observe_units(&ctx.bus, &settings.units.order).await) }).map(Some)
+    block_on(async { Ok(units::observe_units(&ctx.bus, &names).await) }).map(Some)
 }
 
 /// Reloads systemd over the bus, for apply and rollback after unit drop-ins changed.

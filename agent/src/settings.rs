@@ -30,74 +30,7 @@ pub enum SettingsError {
     },
 }
 
-/// A systemd unit name: `trading-engine.service`. A name without a unit type suffix means a
-/// service (`trading-engine` → `trading-engine.service`), as systemctl reads it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UnitName(String);
-
-const UNIT_SUFFIXES: [&str; 11] = [
-    "service",
-    "socket",
-    "target",
-    "timer",
-    "mount",
-    "automount",
-    "path",
-    "slice",
-    "scope",
-    "swap",
-    "device",
-];
-
-impl UnitName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for UnitName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let name = match s.rsplit_once('.') {
-            Some((_, suffix)) if UNIT_SUFFIXES.contains(&suffix) => s.to_owned(),
-            _ => format!("{s}.service"),
-        };
-        let stem = name.rsplit_once('.').map_or("", |(stem, _)| stem);
-        let valid = !stem.is_empty()
-            && name.len() <= 255
-            && !stem.starts_with('-')
-            && stem.chars().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '@' | '\\')
-            });
-        if !valid {
-            return Err(format!(
-                "invalid unit name {s:?}: letters, digits and \":-_.@\\\", with a type suffix such \
-                 as .service"
-            ));
-        }
-        Ok(UnitName(name))
-    }
-}
-
-impl fmt::Display for UnitName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for UnitName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for UnitName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
+pub use crate::profile::types::UnitName;
 
 /// A duration written as systemd writes them: `30s`, `500ms`, `2min`, `1h`, or whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -179,7 +112,7 @@ impl Default for Units {
     /// The operations manual: market data, risk, engine, gateway; drain 30 s for the gateway
     /// and the engine.
     fn default() -> Self {
-        let name = |s: &str| UnitName(s.to_owned());
+        let name = UnitName::known;
         Units {
             order: [
                 "market-data",

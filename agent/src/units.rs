@@ -298,6 +298,7 @@ impl Systemd {
                 load_state,
                 main_pid: 0,
                 limits: Default::default(),
+                cpu_affinity: None,
             });
         }
         let s = self.properties(&path, SERVICE_IFACE).await.map_err(e)?;
@@ -310,6 +311,9 @@ impl Systemd {
                 .filter(|(k, _)| k.starts_with("Limit"))
                 .filter_map(|(k, v)| Some((k.clone(), u64::try_from(v.try_clone().ok()?).ok()?)))
                 .collect(),
+            cpu_affinity: get::<Vec<u8>>(&s, "CPUAffinity")
+                .map(|m| mask_to_cpus(&m))
+                .filter(|c| !c.is_empty()),
         })
     }
 

@@ -23,6 +23,8 @@ pub enum Class {
     Clocksource,
     /// Resource limits of the managed systemd units.
     Units,
+    /// The CPU layout: systemd and engine unit affinity.
+    Isolation,
 }
 
 impl Class {
@@ -36,6 +38,7 @@ impl Class {
             Class::Mount => "mount",
             Class::Clocksource => "clocksource",
             Class::Units => "units",
+            Class::Isolation => "isolation",
         }
     }
 }

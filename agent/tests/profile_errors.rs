@@ -27,25 +27,46 @@ const CASES: &[(&str, &str)] = &[
         "{dir}/duplicate-key.toml:3:1: duplicate key `governor`",
     ),
     // Unknown sections and keys.
+    // [isolation]: validated when the profile loads.
     (
-        "unknown-section-isolation",
-        "{dir}/unknown-section-isolation.toml:4:2: unknown section `isolation`, expected one of \
-         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`",
+        "isolation-overlap",
+        "{dir}/isolation-overlap.toml:4:1: isolation: housekeeping_cpus 0-2 and isolated_cpus 2-15 \
+         overlap on 2: a CPU is either housekeeping or isolated",
+    ),
+    (
+        "isolation-no-cpu0",
+        "{dir}/isolation-no-cpu0.toml:1:1: isolation: housekeeping_cpus 1 leaves out CPU 0, which \
+         the kernel uses for boot and timekeeping work; include it, or set \
+         allow_housekeeping_without_cpu0 = true",
+    ),
+    (
+        "isolation-bad-kernel-arg",
+        "{dir}/isolation-bad-kernel-arg.toml:1:1: isolation: invalid kernel argument \
+         \"skew_tick=1 nosoftlockup\": one argument per string, without spaces or quotes",
+    ),
+    (
+        "isolation-empty-cpu-list",
+        "{dir}/isolation-empty-cpu-list.toml:3:17: isolation.isolated_cpus: empty CPU list",
+    ),
+    (
+        "isolation-bad-unit",
+        "{dir}/isolation-bad-unit.toml:4:16: isolation.engine_units: invalid unit name \
+         \"trading engine\": letters, digits and \":-_.@\\\", with a type suffix such as .service",
     ),
     (
         "unknown-section-sysctls",
         "{dir}/unknown-section-sysctls.toml:1:2: unknown section `sysctls`, expected one of \
-         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`",
+         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`, `isolation`",
     ),
     (
         "unknown-section-blocks",
         "{dir}/unknown-section-blocks.toml:1:3: unknown section `blocks`, expected one of \
-         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`",
+         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`, `isolation`",
     ),
     (
         "unknown-top-level-key",
         "{dir}/unknown-top-level-key.toml:2:1: unknown top-level key `governor`, expected one of \
-         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`",
+         `profile`, `sysctl`, `cpu`, `memory`, `block`, `limits`, `mount`, `clocksource`, `isolation`",
     ),
     (
         "unknown-key-cpu",

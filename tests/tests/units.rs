@@ -503,7 +503,7 @@ fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
     assert_eq!(soft["actual"], "1024", "systemd's default soft limit");
     assert_eq!(
         soft["path"],
-        "/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf"
+        "/etc/systemd/system/trading-engine.service.d/zz-node-agent-limits.conf"
     );
     let running = item(
         &before,
@@ -523,7 +523,7 @@ fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
     let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(applied["systemd_reload_error"].is_null(), "{applied:#}");
     let drop_in = container
-        .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf")
+        .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent-limits.conf")
         .unwrap()
         .expect("drop-in written");
     assert!(
@@ -562,7 +562,7 @@ fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         container
-            .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent.conf")
+            .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent-limits.conf")
             .unwrap()
             .is_none()
     );
@@ -570,6 +570,108 @@ fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
     assert_eq!(
         item(&rolled_back, "units.trading-engine.service.nofile.soft")["actual"],
         "1024"
+    );
+    finish(container);
+}
+
+#[test]
+fn engine_cpu_affinity_drop_in_pins_the_restarted_engine() {
+    if !systemd_tests_enabled("engine_cpu_affinity_drop_in_pins_the_restarted_engine") {
+        return;
+    }
+    let binary = nspawn::target_dir().join("debug/agentctl");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first",
+        binary.display()
+    );
+    let container = boot("na-units-cpu", &[UnitSpec::new("trading-engine")]);
+    container
+        .write_file(
+            "/usr/local/bin/agentctl",
+            std::fs::read(&binary).unwrap(),
+            0o755,
+        )
+        .unwrap();
+    let profile = "/etc/node-agent/profiles/engine-cpu.toml";
+    container
+        .write_file(
+            profile,
+            "[isolation]\nhousekeeping_cpus = \"0\"\nisolated_cpus = \"1\"\n\
+             engine_units = [\"trading-engine\"]\n",
+            0o644,
+        )
+        .unwrap();
+    let (code, _, err) = agentctl_inside(&container, &["units", "start", "trading-engine"]);
+    assert_eq!(code, 0, "{err}");
+    let pid_of = || -> u32 {
+        let (_, out, _) = agentctl_inside(
+            &container,
+            &["-o", "json", "units", "status", "trading-engine"],
+        );
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+        s[0]["main_pid"].as_u64().unwrap() as u32
+    };
+    let allowed = |pid: u32| -> String {
+        let status = container
+            .exec_ok(["cat", &format!("/proc/{pid}/status")])
+            .unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(allowed(pid_of()), "0-1", "not pinned yet");
+
+    let (code, out, err) =
+        agentctl_inside(&container, &["tune", "apply", "-p", profile, "-o", "json"]);
+    // The running engine keeps its affinity until it restarts.
+    assert_eq!(code, 1, "{out}\n{err}");
+    let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let drop_in = container
+        .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent-cpu.conf")
+        .unwrap()
+        .expect("engine drop-in");
+    assert!(drop_in.contains("[Service]\nCPUAffinity=1\n"), "{drop_in}");
+    assert_eq!(
+        item(
+            &applied["after"],
+            "isolation.trading-engine.service.cpu_affinity"
+        )["status"],
+        "pass"
+    );
+    assert_eq!(
+        item(
+            &applied["after"],
+            "isolation.trading-engine.service.cpu_affinity.effective"
+        )["status"],
+        "drift"
+    );
+
+    let (code, _, err) = agentctl_inside(&container, &["units", "restart", "trading-engine"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        allowed(pid_of()),
+        "1",
+        "the restarted engine runs on the isolated CPU only"
+    );
+
+    let (code, out, err) = agentctl_inside(&container, &["tune", "rollback"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        container
+            .read_file("/etc/systemd/system/trading-engine.service.d/zz-node-agent-cpu.conf")
+            .unwrap()
+            .is_none()
+    );
+    let (code, _, err) = agentctl_inside(&container, &["units", "restart", "trading-engine"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        allowed(pid_of()),
+        "0-1",
+        "unpinned after rollback and restart"
     );
     finish(container);
 }

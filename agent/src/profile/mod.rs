@@ -44,6 +44,8 @@ pub struct ProfileFile {
     pub mount: Vec<MountRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clocksource: Option<Clocksource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -387,6 +389,85 @@ pub struct Clocksource {
     pub current: ClocksourceName,
 }
 
+/// `[isolation]`: the CPU layout of a trading host. The engine units own the isolated CPUs;
+/// everything else (systemd, IRQs, workqueues) stays on the housekeeping CPUs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, try_from = "IsolationRaw")]
+pub struct Isolation {
+    pub housekeeping_cpus: CpuList,
+    pub isolated_cpus: CpuList,
+    /// Units pinned to the isolated CPUs (CPUAffinity= drop-ins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_units: Vec<UnitName>,
+    /// Extra kernel arguments for the boot loader, e.g. "skew_tick=1", "nosoftlockup".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
+    /// Housekeeping normally includes CPU 0 (boot CPU, timekeeping); true allows otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_housekeeping_without_cpu0: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationRaw {
+    housekeeping_cpus: CpuList,
+    isolated_cpus: CpuList,
+    #[serde(default)]
+    engine_units: Vec<UnitName>,
+    #[serde(default)]
+    kernel_args: Vec<String>,
+    #[serde(default)]
+    allow_housekeeping_without_cpu0: bool,
+}
+
+impl TryFrom<IsolationRaw> for Isolation {
+    type Error = String;
+    fn try_from(r: IsolationRaw) -> Result<Self, String> {
+        let both: Vec<u32> = r
+            .isolated_cpus
+            .iter()
+            .filter(|c| r.housekeeping_cpus.contains(*c))
+            .collect();
+        if !both.is_empty() {
+            let both: CpuList = both.into_iter().collect();
+            return Err(format!(
+                "housekeeping_cpus {} and isolated_cpus {} overlap on {both}: a CPU is either \
+                 housekeeping or isolated",
+                r.housekeeping_cpus, r.isolated_cpus
+            ));
+        }
+        if !r.housekeeping_cpus.contains(0) && !r.allow_housekeeping_without_cpu0 {
+            return Err(format!(
+                "housekeeping_cpus {} leaves out CPU 0, which the kernel uses for boot and \
+                 timekeeping work; include it, or set allow_housekeeping_without_cpu0 = true",
+                r.housekeeping_cpus
+            ));
+        }
+        for (i, u) in r.engine_units.iter().enumerate() {
+            if r.engine_units[..i].contains(u) {
+                return Err(format!("engine unit {u} is listed twice"));
+            }
+        }
+        for a in &r.kernel_args {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+            {
+                return Err(format!(
+                    "invalid kernel argument {a:?}: one argument per string, without spaces or quotes"
+                ));
+            }
+        }
+        Ok(Isolation {
+            housekeeping_cpus: r.housekeeping_cpus,
+            isolated_cpus: r.isolated_cpus,
+            engine_units: r.engine_units,
+            kernel_args: r.kernel_args,
+            allow_housekeeping_without_cpu0: r.allow_housekeeping_without_cpu0,
+        })
+    }
+}
+
 /// A profile with its includes merged: what verify and apply work from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -420,6 +501,7 @@ impl ProfileFile {
             && self.limits.is_empty()
             && self.mount.is_empty()
             && self.clocksource.is_none()
+            && self.isolation.is_none()
     }
 
     /// Merges `over` on top of `self`: every key `over` sets wins; sections merge key by key.
@@ -489,6 +571,10 @@ impl ProfileFile {
         }
         if over.clocksource.is_some() {
             self.clocksource = over.clocksource;
+        }
+        // The CPU layout is one decision: a later file restates it whole.
+        if over.isolation.is_some() {
+            self.isolation = over.isolation;
         }
     }
 }

@@ -818,6 +818,80 @@ impl fmt::Display for ProfileName {
 }
 serde_via_str!(ProfileName, "a profile name such as \"trading-latency\"");
 
+/// A systemd unit name: `trading-engine.service`. A name without a unit type suffix means a
+/// service (`trading-engine` → `trading-engine.service`), as systemctl reads it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitName(String);
+
+const UNIT_SUFFIXES: [&str; 11] = [
+    "service",
+    "socket",
+    "target",
+    "timer",
+    "mount",
+    "automount",
+    "path",
+    "slice",
+    "scope",
+    "swap",
+    "device",
+];
+
+impl UnitName {
+    /// A name written in this source (the defaults), already valid.
+    pub(crate) fn known(name: &str) -> UnitName {
+        UnitName(name.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UnitName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = match s.rsplit_once('.') {
+            Some((_, suffix)) if UNIT_SUFFIXES.contains(&suffix) => s.to_owned(),
+            _ => format!("{s}.service"),
+        };
+        let stem = name.rsplit_once('.').map_or("", |(stem, _)| stem);
+        let valid = !stem.is_empty()
+            && name.len() <= 255
+            && !stem.starts_with('-')
+            && stem.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '@' | '\\')
+            });
+        if !valid {
+            return Err(format!(
+                "invalid unit name {s:?}: letters, digits and \":-_.@\\\", with a type suffix such \
+                 as .service"
+            ));
+        }
+        Ok(UnitName(name))
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UnitName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod block;
 pub mod clocksource;
 pub mod cpu;
+pub mod isolation;
 pub mod limits;
 pub mod memory;
 pub mod mount;
@@ -45,6 +46,9 @@ pub fn verify_with_units(
     }
     if let Some(observed) = units_observed {
         units::verify(host, &profile.name, &s.limits, observed, &mut items);
+    }
+    if let Some(iso) = &s.isolation {
+        isolation::verify(host, iso, units_observed, &mut items);
     }
     Report::new(
         ProfileRef {

@@ -23,6 +23,8 @@ pub struct ObservedUnit {
     pub main_pid: u32,
     /// systemd property name (`LimitNOFILE`, `LimitNOFILESoft`, …) → value (u64::MAX: infinity).
     pub limits: BTreeMap<String, u64>,
+    /// The unit's CPUAffinity=; `None` when not restricted.
+    pub cpu_affinity: Option<crate::profile::types::CpuList>,
 }
 
 /// The units part of the observed state: the units, or why they could not be observed.
@@ -76,7 +78,7 @@ fn show(v: u64) -> String {
 
 /// The drop-in of one unit: /etc/systemd/system/<unit>.d/zz-node-agent.conf.
 pub fn drop_in_path(unit: &str) -> String {
-    format!("/etc/systemd/system/{unit}.d/zz-node-agent.conf")
+    format!("/etc/systemd/system/{unit}.d/zz-node-agent-limits.conf")
 }
 
 /// The limits of the profile that apply to units: domain `*`, items systemd knows.
@@ -286,6 +288,7 @@ mod tests {
             load_state: "loaded".into(),
             main_pid: 0,
             limits: [("LimitNPROC".to_owned(), 65536)].into(),
+            cpu_affinity: None,
         };
         assert_eq!(
             drop_in("trading-latency", &limits, &unit),
