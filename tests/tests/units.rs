@@ -431,6 +431,20 @@ fn watch_reports_state_changes() {
     finish(container);
 }
 
+/// Copies this build's agentctl into the container (same Debian release, same glibc).
+fn install_agentctl(container: &Container) {
+    let binary = nspawn::target_dir().join("debug/agentctl");
+    let bytes = std::fs::read(&binary).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build it first (cargo build -p node-agent; cargo test --workspace does)",
+            binary.display()
+        )
+    });
+    container
+        .write_file("/usr/local/bin/agentctl", bytes, 0o755)
+        .unwrap();
+}
+
 /// Runs the agentctl binary of this build inside the container, where `/`, `/proc` and the
 /// system bus are the container's: the agent as it runs on a trading host.
 fn agentctl_inside(container: &Container, args: &[&str]) -> (i32, String, String) {
@@ -458,25 +472,13 @@ fn unit_limits_are_verified_applied_by_drop_in_and_rolled_back() {
     if !systemd_tests_enabled("unit_limits_are_verified_applied_by_drop_in_and_rolled_back") {
         return;
     }
-    let binary = nspawn::target_dir().join("debug/agentctl");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first (cargo build -p node-agent; cargo test --workspace does)",
-        binary.display()
-    );
     // The engine runs with systemd's default limits; the profile wants 4096 open files (below
     // the container's own hard limit, which an unprivileged container cannot raise).
     let container = boot(
         "na-units-limits",
         &[UnitSpec::new("trading-engine").limits(None)],
     );
-    container
-        .write_file(
-            "/usr/local/bin/agentctl",
-            std::fs::read(&binary).unwrap(),
-            0o755,
-        )
-        .unwrap();
+    install_agentctl(&container);
     container
         .write_file(
             "/etc/node-agent/agent.toml",
@@ -579,20 +581,8 @@ fn engine_cpu_affinity_drop_in_pins_the_restarted_engine() {
     if !systemd_tests_enabled("engine_cpu_affinity_drop_in_pins_the_restarted_engine") {
         return;
     }
-    let binary = nspawn::target_dir().join("debug/agentctl");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first",
-        binary.display()
-    );
     let container = boot("na-units-cpu", &[UnitSpec::new("trading-engine")]);
-    container
-        .write_file(
-            "/usr/local/bin/agentctl",
-            std::fs::read(&binary).unwrap(),
-            0o755,
-        )
-        .unwrap();
+    install_agentctl(&container);
     let profile = "/etc/node-agent/profiles/engine-cpu.toml";
     container
         .write_file(
