@@ -151,25 +151,30 @@ pub fn observe(host: &HostRoot, target: &Target) -> Result<Value, ChangeError> {
 /// The options of the top-most mount at `path`: per-mount and superblock options together,
 /// sorted. `None` when `path` is not a mount point.
 pub fn mount_options(host: &HostRoot, path: &str) -> Result<Option<Vec<String>>, HostError> {
-    let text = host.read("/proc/self/mountinfo")?;
+    Ok(options_in(&host.read(MOUNTINFO)?, path))
+}
+
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// [`mount_options`] from the text of /proc/self/mountinfo (the one parser of that file).
+pub fn options_in(mountinfo: &str, path: &str) -> Option<Vec<String>> {
     // The last entry for a path is the mount on top, the one processes see.
-    Ok(text.lines().rev().find_map(|l| {
+    mountinfo.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         if f.len() <= 5 || unescape_octal(f[4]) != path {
             return None;
         }
         // Fields after the `-` separator: fstype, source, superblock options.
         let sep = f.iter().position(|x| *x == "-")?;
-        let o: Vec<String> = f[5]
+        let mut set: BTreeSet<String> = f[5]
             .split(',')
             .chain(f.get(sep + 3).map_or("", |s| s).split(','))
             .filter(|o| !o.is_empty())
             .map(str::to_owned)
             .collect();
-        let mut set: BTreeSet<String> = o.into_iter().collect();
         add_implicit_options(&mut set);
         Some(set.into_iter().collect())
-    }))
+    })
 }
 
 /// A kernel file's value: the bracketed word of a choice file (`always [madvise] never`),

@@ -338,19 +338,7 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             run_apply(cli, ctx, &profile, units, out)
         }
         Command::Tune(Tune::Rollback { force }) => {
-            let mut reload = reloader(ctx);
-            let mut system = ctx.system();
-            let audit = Audit::new(Some(ctx.state.path()));
-            let mut session = Session {
-                host: &ctx.host,
-                state: &ctx.state,
-                system: system.as_mut(),
-                audit: &audit,
-                caller: Caller::current(),
-                units: None,
-                reload: Some(&mut reload),
-            };
-            let outcome = apply::rollback(&mut session, *force)?;
+            let outcome = with_session(ctx, None, |s| apply::rollback(s, *force))?;
             match cli.output {
                 Output::Json => json(out, &outcome)?,
                 Output::Table => write!(out, "{}", rollback_table(&outcome))?,
@@ -711,6 +699,27 @@ fn observe_units(
     block_on(async { Ok(units::observe_units(&ctx.bus, &names).await) }).map(Some)
 }
 
+/// Runs `f` with an apply/rollback session on this context: real system calls only on the
+/// running machine, audit to the state directory, systemd reloaded over the bus.
+fn with_session<T>(
+    ctx: &Context,
+    units: Option<UnitsObserved>,
+    f: impl FnOnce(&mut Session<'_>) -> T,
+) -> T {
+    let mut reload = reloader(ctx);
+    let mut system = ctx.system();
+    let audit = Audit::new(Some(ctx.state.path()));
+    f(&mut Session {
+        host: &ctx.host,
+        state: &ctx.state,
+        system: system.as_mut(),
+        audit: &audit,
+        caller: Caller::current(),
+        units,
+        reload: Some(&mut reload),
+    })
+}
+
 /// Reloads systemd over the bus, for apply and rollback after unit drop-ins changed.
 fn reloader(ctx: &Context) -> impl FnMut() -> Result<(), String> + '_ {
     || {
@@ -745,20 +754,9 @@ fn run_apply(
     out: &mut dyn Write,
 ) -> Result<Exit, CliError> {
     let output = cli.output;
-    let mut reload = reloader(ctx);
-    let mut system = ctx.system();
-    let audit = Audit::new(Some(ctx.state.path()));
-    let mut session = Session {
-        host: &ctx.host,
-        state: &ctx.state,
-        system: system.as_mut(),
-        audit: &audit,
-        caller: Caller::current(),
-        units: units.clone(),
-        reload: Some(&mut reload),
-    };
-    let mut outcome = apply::apply(&mut session, profile, None)?;
-    if units.is_some() {
+    let has_units = units.is_some();
+    let mut outcome = with_session(ctx, units, |s| apply::apply(s, profile, None))?;
+    if has_units {
         // The units' properties changed with the reload: ask the bus again for the report.
         let fresh = observe_units(cli, ctx, profile)?;
         outcome.after = tuning::verify_with_units(&ctx.host, profile, fresh.as_ref());

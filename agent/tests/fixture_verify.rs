@@ -1644,7 +1644,8 @@ fn mount_with_required_options_passes() {
     expect(
         i,
         Status::Pass,
-        Some("noatime,nodiratime,rw"),
+        // Per-mount and superblock options, as one sorted set.
+        Some("errors=remount-ro,noatime,nodiratime,rw"),
         Some(MOUNTINFO),
     );
     assert_eq!(
@@ -1659,7 +1660,7 @@ fn mount_with_required_options_passes() {
     expect(
         item(&r, "mount./.options"),
         Status::Pass,
-        Some("relatime,rw"),
+        Some("errors=remount-ro,relatime,rw"),
         Some(MOUNTINFO),
     );
 }
@@ -1669,7 +1670,12 @@ fn mount_missing_option_is_drift() {
     let stock = FixtureHost::stock();
     let r = verify(&stock, DATA_MOUNT);
     let i = item(&r, "mount./data.options");
-    expect(i, Status::Drift, Some("relatime,rw"), Some(MOUNTINFO));
+    expect(
+        i,
+        Status::Drift,
+        Some("errors=remount-ro,relatime,rw"),
+        Some(MOUNTINFO),
+    );
     assert_eq!(i.reason.as_deref(), Some("missing noatime,nodiratime"));
 
     // The mount on top is the one that counts.
@@ -1680,7 +1686,12 @@ fn mount_missing_option_is_drift() {
     );
     let r = verify(&fx, DATA_MOUNT);
     let i = item(&r, "mount./data.options");
-    expect(i, Status::Drift, Some("relatime,rw"), Some(MOUNTINFO));
+    expect(
+        i,
+        Status::Drift,
+        Some("inode64,relatime,rw,size=1048576k"),
+        Some(MOUNTINFO),
+    );
 }
 
 #[test]
@@ -1721,7 +1732,8 @@ fn mount_fstab_lacking_an_option_is_not_persistent() {
     expect(
         i,
         Status::NotPersistent,
-        Some("noatime,nodiratime,rw"),
+        // Per-mount and superblock options, as one sorted set.
+        Some("errors=remount-ro,noatime,nodiratime,rw"),
         Some(MOUNTINFO),
     );
     assert_eq!(
@@ -1750,6 +1762,7 @@ fn mount_point_with_an_escaped_space() {
     expect(
         i,
         Status::Pass,
+        // Per-mount and superblock options, as one sorted set.
         Some("noatime,nodiratime,rw"),
         Some(MOUNTINFO),
     );

@@ -3,24 +3,16 @@
 
 use std::collections::BTreeSet;
 
-use procfs_core::FromRead;
-use procfs_core::process::MountInfos;
-
-use crate::change::{Target, Value};
+use crate::change::{MOUNTINFO, Target, Value, merge_options, options_in};
 use crate::host::{HostRoot, unescape_octal};
 use crate::profile::MountRule;
 use crate::verify::{Class, Item, Status};
-
-const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
     if rules.is_empty() {
         return;
     }
-    let mounts = host
-        .read(MOUNTINFO)
-        .map_err(|e| e.to_string())
-        .and_then(|t| MountInfos::from_read(t.as_bytes()).map_err(|e| format!("{MOUNTINFO}: {e}")));
+    let mountinfo = host.read(MOUNTINFO).map_err(|e| e.to_string());
     let fstab = host.read("/etc/fstab").ok();
     for rule in rules {
         let expected: Vec<&str> = rule.options.iter().map(|o| o.as_str()).collect();
@@ -30,61 +22,40 @@ pub fn verify(host: &HostRoot, rules: &[MountRule], out: &mut Vec<Item>) {
             expected.join(","),
         )
         .path(MOUNTINFO);
-        let mounts = match &mounts {
+        let mountinfo = match &mountinfo {
             Ok(m) => m,
             Err(e) => {
                 out.push(item.status(Status::Error).reason(e.clone()));
                 continue;
             }
         };
-        // The last entry for a path is the one on top, the one processes see.
-        let Some(mount) = mounts
-            .0
-            .iter()
-            .rev()
-            .find(|m| unescape_octal(&m.mount_point.to_string_lossy()) == rule.path.as_str())
-        else {
+        let Some(have) = options_in(mountinfo, rule.path.as_str()) else {
             out.push(
                 item.status(Status::Unsupported)
                     .reason(format!("{} is not a mount point", rule.path)),
             );
             continue;
         };
-        let mut have: BTreeSet<String> = mount
-            .mount_options
-            .iter()
-            .chain(mount.super_options.iter())
-            .map(|(k, v)| match v {
-                Some(v) => format!("{k}={v}"),
-                None => k.clone(),
-            })
-            .collect();
-        crate::change::add_implicit_options(&mut have);
-        let mut shown: Vec<&str> = mount.mount_options.keys().map(String::as_str).collect();
-        shown.sort();
-        let item = item.actual(shown.join(","));
+        let item = item.actual(have.join(","));
         let missing: Vec<&str> = expected
             .iter()
             .copied()
-            .filter(|o| !have.contains(*o))
+            .filter(|o| !have.iter().any(|h| h == o))
             .collect();
         if !missing.is_empty() {
-            let mut item = item
-                .status(Status::Drift)
-                .reason(format!("missing {}", missing.join(",")));
-            let target = Target::Mount {
-                path: rule.path.to_string(),
-            };
-            if let Ok(Value::MountOptions { options }) = crate::change::observe(host, &target) {
-                let required: Vec<String> = expected.iter().map(|o| o.to_string()).collect();
-                let to = crate::change::merge_options(&options, &required);
-                item = item.fix(
-                    target,
-                    Value::MountOptions { options },
-                    Value::MountOptions { options: to },
-                );
-            }
-            out.push(item);
+            let required: Vec<String> = expected.iter().map(|o| o.to_string()).collect();
+            let to = merge_options(&have, &required);
+            out.push(
+                item.status(Status::Drift)
+                    .reason(format!("missing {}", missing.join(",")))
+                    .fix(
+                        Target::Mount {
+                            path: rule.path.to_string(),
+                        },
+                        Value::MountOptions { options: have },
+                        Value::MountOptions { options: to },
+                    ),
+            );
             continue;
         }
         out.push(
