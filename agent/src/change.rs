@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use crate::host::{HostError, HostRoot, unescape_octal};
+use crate::profile::types::CpuList;
 use crate::profile::value::{normalize_whitespace, values_equal};
 use crate::system::{ActionError, SystemActions};
 
@@ -21,6 +22,9 @@ pub enum Target {
     Swap { device: String },
     /// The per-mount options of a mount point.
     Mount { path: String },
+    /// The CPU affinity of a process (PID 1: systemd applies `CPUAffinity=` of system.conf on
+    /// reload but never undoes it, so rollback restores it explicitly). Value: a CPU list.
+    ProcessAffinity { pid: u32 },
 }
 
 impl Target {
@@ -29,6 +33,7 @@ impl Target {
             Target::KernelFile { path } | Target::ConfigFile { path } => path.clone(),
             Target::Swap { device } => format!("swap {device}"),
             Target::Mount { path } => format!("mount {path}"),
+            Target::ProcessAffinity { pid } => format!("CPU affinity of pid {pid}"),
         }
     }
 }
@@ -108,6 +113,8 @@ pub enum ChangeError {
     NotMounted { what: String },
     #[error("cannot set {target} to {value}")]
     Unsupported { target: String, value: String },
+    #[error("cannot read {what}: {detail}")]
+    Unreadable { what: String, detail: String },
 }
 
 impl ChangeError {
@@ -145,7 +152,24 @@ pub fn observe(host: &HostRoot, target: &Target) -> Result<Value, ChangeError> {
         Target::Mount { path } => mount_options(host, path)?
             .map(|options| Value::MountOptions { options })
             .ok_or_else(|| ChangeError::NotMounted { what: path.clone() }),
+        Target::ProcessAffinity { pid } => {
+            Ok(Value::text(process_affinity(host, *pid)?.to_string()))
+        }
     }
+}
+
+/// `Cpus_allowed_list` of /proc/PID/status: the CPUs a process may run on.
+pub fn process_affinity(host: &HostRoot, pid: u32) -> Result<CpuList, ChangeError> {
+    let path = format!("/proc/{pid}/status");
+    let status = host.read(&path)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|v| CpuList::parse_kernel(v.trim()).ok())
+        .ok_or(ChangeError::Unreadable {
+            what: path,
+            detail: "no valid Cpus_allowed_list line".into(),
+        })
 }
 
 /// The options of the top-most mount at `path`: per-mount and superblock options together,
@@ -224,6 +248,10 @@ pub fn execute(
         (Target::Swap { device }, Value::SwapOff) => Ok(system.swapoff(device)?),
         (Target::Swap { device }, Value::SwapOn { priority }) => {
             Ok(system.swapon(device, *priority)?)
+        }
+        (Target::ProcessAffinity { pid }, Value::Text { value }) => {
+            let cpus = CpuList::parse_kernel(value).map_err(|_| unsupported())?;
+            Ok(system.set_affinity(*pid, &cpus)?)
         }
         (Target::Mount { path }, Value::MountOptions { options }) => {
             let current = mount_options(host, path)?

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::audit::{Audit, Caller};
 use crate::host::HostRoot;
 use crate::profile::{self, Profile, ProfileError, SearchPath};
-use crate::rollback::apply::{self, ApplyError, RollbackOutcome, Session};
+use crate::rollback::apply::{self, ApplyError, RollbackOutcome, Session, SystemdOp};
 use crate::rollback::journal::{RunState, StateDir, StateError};
 use crate::settings::{Settings, SettingsError};
 use crate::system::{NoSystem, RealSystem, SystemActions};
@@ -706,7 +706,7 @@ fn with_session<T>(
     units: Option<UnitsObserved>,
     f: impl FnOnce(&mut Session<'_>) -> T,
 ) -> T {
-    let mut reload = reloader(ctx);
+    let mut systemd = systemd_ops(ctx);
     let mut system = ctx.system();
     let audit = Audit::new(Some(ctx.state.path()));
     f(&mut Session {
@@ -716,19 +716,22 @@ fn with_session<T>(
         audit: &audit,
         caller: Caller::current(),
         units,
-        reload: Some(&mut reload),
+        systemd: Some(&mut systemd),
     })
 }
 
-/// Reloads systemd over the bus, for apply and rollback after unit drop-ins changed.
-fn reloader(ctx: &Context) -> impl FnMut() -> Result<(), String> + '_ {
-    || {
+/// Reloads systemd or restarts a service over the bus, for apply and rollback after the files
+/// they read changed.
+fn systemd_ops(ctx: &Context) -> impl FnMut(SystemdOp<'_>) -> Result<(), String> + '_ {
+    |op| {
         let run = async {
-            Systemd::connect(&ctx.bus)
+            let systemd = Systemd::connect(&ctx.bus)
                 .await
-                .map_err(|e| e.to_string())?
-                .reload()
-                .await
+                .map_err(|e| e.to_string())?;
+            match op {
+                SystemdOp::Reload => systemd.reload().await,
+                SystemdOp::TryRestart(unit) => systemd.try_restart(unit).await,
+            }
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

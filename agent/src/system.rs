@@ -1,8 +1,12 @@
-//! Host actions that are system calls rather than file writes (swap, remount). They go through
-//! [`SystemActions`] so fixture tests can record them; production runs util-linux's tools,
-//! which know every filesystem's remount rules and swap signatures.
+//! Host actions that are system calls rather than file writes (swap, remount, a process's CPU
+//! affinity, regenerating the boot loader configuration). They go through [`SystemActions`] so
+//! fixture tests can record them; production runs util-linux's tools, which know every
+//! filesystem's remount rules and swap signatures, and the distribution's update-grub.
 
+use std::path::Path;
 use std::process::Command;
+
+use crate::profile::types::CpuList;
 
 #[derive(Debug, thiserror::Error)]
 #[error("failed to {action}: {detail}")]
@@ -18,7 +22,15 @@ pub trait SystemActions {
     fn swapon(&mut self, device: &str, priority: i32) -> Result<(), ActionError>;
     /// Remounts a mount point with the given per-mount options (e.g. `noatime,nodiratime`).
     fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError>;
+    /// sched_setaffinity(2) of one process (PID 1 on rollback of systemd's CPUAffinity=).
+    fn set_affinity(&mut self, pid: u32, cpus: &CpuList) -> Result<(), ActionError>;
+    /// Regenerates the boot loader configuration after /etc/default/grub.d changed:
+    /// update-grub where it is installed. Says what it did.
+    fn update_bootloader(&mut self) -> Result<String, ActionError>;
 }
+
+/// Debian's and Ubuntu's script; RHEL uses grubby, which edits the entries itself.
+pub const UPDATE_GRUB: &str = "/usr/sbin/update-grub";
 
 /// The real thing: swapoff(8), swapon(8), mount(8). Only valid with the host root `/`.
 #[derive(Debug, Default)]
@@ -68,6 +80,31 @@ impl SystemActions for RealSystem {
                 .arg(path),
         )
     }
+
+    fn set_affinity(&mut self, pid: u32, cpus: &CpuList) -> Result<(), ActionError> {
+        let action = format!("set the CPU affinity of pid {pid} to {cpus}");
+        let fail = |detail: String| ActionError {
+            action: action.clone(),
+            detail,
+        };
+        let mut set = nix::sched::CpuSet::new();
+        for c in cpus.iter() {
+            set.set(c as usize).map_err(|e| fail(e.to_string()))?;
+        }
+        let pid = i32::try_from(pid).map_err(|e| fail(e.to_string()))?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    fn update_bootloader(&mut self) -> Result<String, ActionError> {
+        if !Path::new(UPDATE_GRUB).exists() {
+            return Ok(format!(
+                "{UPDATE_GRUB} is not installed: regenerate the boot loader configuration by hand"
+            ));
+        }
+        run("run update-grub".into(), &mut Command::new(UPDATE_GRUB))?;
+        Ok(format!("ran {UPDATE_GRUB}"))
+    }
 }
 
 /// Refuses every action: used when the host root is not `/`, where a system call would act on
@@ -86,6 +123,12 @@ impl SystemActions for NoSystem {
     }
     fn remount(&mut self, path: &str, _options: &str) -> Result<(), ActionError> {
         Err(self.refuse(format!("remount {path}")))
+    }
+    fn set_affinity(&mut self, pid: u32, _cpus: &CpuList) -> Result<(), ActionError> {
+        Err(self.refuse(format!("set the CPU affinity of pid {pid}")))
+    }
+    fn update_bootloader(&mut self) -> Result<String, ActionError> {
+        Err(self.refuse("run update-grub".into()))
     }
 }
 
@@ -117,5 +160,13 @@ impl SystemActions for RecordingSystem {
     fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError> {
         self.calls.push(format!("remount {path} {options}"));
         Ok(())
+    }
+    fn set_affinity(&mut self, pid: u32, cpus: &CpuList) -> Result<(), ActionError> {
+        self.calls.push(format!("set_affinity {pid} {cpus}"));
+        Ok(())
+    }
+    fn update_bootloader(&mut self) -> Result<String, ActionError> {
+        self.calls.push("update_bootloader".into());
+        Ok("recorded".into())
     }
 }

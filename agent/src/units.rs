@@ -324,6 +324,16 @@ impl Systemd {
             .await
             .map_err(|e| format!("failed to reload systemd: {e}"))
     }
+
+    /// Restarts `unit` if it is running (as `systemctl try-restart`), without waiting for the
+    /// job: a service re-reading its configuration (irqbalance) is not a platform step.
+    pub async fn try_restart(&self, unit: &str) -> Result<(), String> {
+        self.manager
+            .try_restart_unit(unit.to_owned(), "replace".to_owned())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("failed to restart {unit}: {e}"))
+    }
 }
 
 /// What the bus says about the managed units' limits, for verify and apply. A host without a

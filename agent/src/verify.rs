@@ -23,8 +23,11 @@ pub enum Class {
     Clocksource,
     /// Resource limits of the managed systemd units.
     Units,
-    /// The CPU layout: systemd and engine unit affinity.
+    /// The CPU layout: IRQs, workqueues, systemd and engine unit affinity, stray tasks.
     Isolation,
+    /// The kernel command line (isolation's boot arguments): changed only by
+    /// `agentctl isolation bootloader --write`, effective after a reboot.
+    Cmdline,
 }
 
 impl Class {
@@ -39,6 +42,7 @@ impl Class {
             Class::Clocksource => "clocksource",
             Class::Units => "units",
             Class::Isolation => "isolation",
+            Class::Cmdline => "cmdline",
         }
     }
 }

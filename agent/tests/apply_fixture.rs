@@ -612,7 +612,7 @@ fn swap_off_and_remount_are_system_actions_and_rollback_reverses_them() {
             audit: &audit,
             caller: Caller::current(),
             units: None,
-            reload: None,
+            systemd: None,
         },
         &profile,
         None,
@@ -673,7 +673,7 @@ fn swap_off_and_remount_are_system_actions_and_rollback_reverses_them() {
             audit: &audit,
             caller: Caller::current(),
             units: None,
-            reload: None,
+            systemd: None,
         },
         false,
     )
@@ -1441,7 +1441,7 @@ transparent_hugepage = "never"
         audit: &audit,
         caller: Caller::current(),
         units: None,
-        reload: None,
+        systemd: None,
     };
     let outcome = apply::reapply_runtime(&mut session, &profile).expect("runtime re-apply");
     let classes: Vec<Class> = outcome.plan.changes.iter().map(|c| c.class).collect();

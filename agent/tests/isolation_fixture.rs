@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 use node_agent::audit::{Audit, Caller};
 use node_agent::profile::{self, SearchPath};
-use node_agent::rollback::apply::{self, Session};
+use node_agent::rollback::apply::{self, Session, SystemdOp};
 use node_agent::rollback::journal::StateDir;
 use node_agent::system::RecordingSystem;
 use node_agent::tuning::units::{ObservedUnit, UnitsObserved};
@@ -108,7 +108,8 @@ fn engine_and_limits_drop_ins_are_planned_written_reloaded_and_rolled_back() {
     );
 
     let reloads = Cell::new(0);
-    let mut reload = || -> Result<(), String> {
+    let mut reload = |op: SystemdOp<'_>| -> Result<(), String> {
+        assert_eq!(op, SystemdOp::Reload);
         reloads.set(reloads.get() + 1);
         Ok(())
     };
@@ -120,7 +121,7 @@ fn engine_and_limits_drop_ins_are_planned_written_reloaded_and_rolled_back() {
         audit: &audit,
         caller: Caller::current(),
         units: Some(observed),
-        reload: Some(&mut reload),
+        systemd: Some(&mut reload),
     };
     let outcome = apply::apply(&mut session, &profile, None).expect("apply");
     assert!(outcome.systemd_reload_error.is_none());

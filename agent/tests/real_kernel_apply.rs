@@ -170,6 +170,8 @@ impl Agent {
                 // The guard puts /proc/swaps back as a whole.
                 Target::Swap { .. } => true,
                 Target::Mount { path } => own_mounts.contains(&path.as_str()),
+                // This tier's profiles have no [isolation].
+                Target::ProcessAffinity { .. } => false,
             };
             assert!(covered, "the guard does not cover {:?}", e.target);
         }

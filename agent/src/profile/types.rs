@@ -146,6 +146,48 @@ impl CpuList {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    pub fn is_subset(&self, other: &CpuList) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    /// Parses a kernel CPU mask (`default_smp_affinity`, workqueue `cpumask`): hex, most
+    /// significant 32-bit group first, groups separated by commas (`ff,ffffffff`).
+    pub fn parse_mask(s: &str) -> Result<CpuList, String> {
+        let s = s.trim();
+        let groups: Vec<&str> = s.split(',').collect();
+        if s.is_empty() || groups.iter().any(|g| g.is_empty() || g.len() > 8) {
+            return Err(format!("invalid CPU mask {s:?}"));
+        }
+        let mut set = BTreeSet::new();
+        for (i, g) in groups.iter().rev().enumerate() {
+            let bits = u32::from_str_radix(g, 16).map_err(|_| format!("invalid CPU mask {s:?}"))?;
+            let base = u32::try_from(i * 32).map_err(|_| format!("CPU mask {s:?} too long"))?;
+            set.extend((0..32).filter(|b| bits & (1 << b) != 0).map(|b| base + b));
+        }
+        Ok(CpuList(set))
+    }
+
+    /// The kernel's mask format for a machine with `nr_cpus` possible CPUs (as `%*pb` prints
+    /// it: the first group as wide as the remaining bits need, the others 8 digits).
+    pub fn to_mask(&self, nr_cpus: u32) -> String {
+        let nr = nr_cpus.max(self.0.last().map_or(1, |c| c + 1));
+        let groups = nr.div_ceil(32);
+        let mut out = String::new();
+        for g in (0..groups).rev() {
+            let bits = self
+                .iter()
+                .filter(|c| c / 32 == g)
+                .fold(0u32, |acc, c| acc | (1 << (c % 32)));
+            if g == groups - 1 {
+                let width = ((nr - g * 32) as usize).div_ceil(4);
+                out.push_str(&format!("{bits:0width$x}"));
+            } else {
+                out.push_str(&format!(",{bits:08x}"));
+            }
+        }
+        out
+    }
 }
 
 impl FromIterator<u32> for CpuList {
@@ -895,6 +937,31 @@ impl Serialize for UnitName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_masks_in_the_kernel_format() {
+        let l = |s: &str| s.parse::<CpuList>().unwrap();
+        // The kernel prints 2 CPUs as `3`, 16 as `ffff`, 40 as `ff,ffffffff`.
+        assert_eq!(l("0-1").to_mask(2), "3");
+        assert_eq!(l("0").to_mask(2), "1");
+        assert_eq!(l("0-1").to_mask(16), "0003");
+        assert_eq!(l("0-39").to_mask(40), "ff,ffffffff");
+        assert_eq!(l("0,33").to_mask(64), "00000002,00000001");
+        for (mask, list) in [
+            ("3", "0-1"),
+            ("0003", "0-1"),
+            ("ff,ffffffff", "0-39"),
+            ("00000002,00000001\n", "0,33"),
+        ] {
+            assert_eq!(CpuList::parse_mask(mask).unwrap(), l(list));
+        }
+        assert_eq!(CpuList::parse_mask("0").unwrap(), CpuList::default());
+        for bad in ["", "xyz", "1,,2", "123456789"] {
+            assert!(CpuList::parse_mask(bad).is_err(), "{bad:?}");
+        }
+        assert!(l("2-3").is_subset(&l("0-15")));
+        assert!(!l("1-2").is_subset(&l("2-15")));
+    }
 
     #[test]
     fn sysctl_key_forms() {

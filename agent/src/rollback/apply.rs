@@ -37,21 +37,77 @@ pub struct Session<'a> {
     pub caller: Caller,
     /// What the bus said about the managed units (their limits are planned only with it).
     pub units: Option<UnitsObserved>,
-    /// Reloads systemd (Manager.Reload) after unit drop-ins changed.
-    pub reload: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+    /// Asks systemd (over the bus) to reload, or to restart a service whose configuration file
+    /// changed (irqbalance).
+    pub systemd: Option<&'a mut SystemdHook<'a>>,
 }
 
-/// Where unit files and drop-ins live: a change there needs a systemd reload.
-const SYSTEMD_DIR: &str = "/etc/systemd/system/";
+/// Carries out a [`SystemdOp`] (over the bus in production; counted in tests).
+pub type SystemdHook<'a> = dyn FnMut(SystemdOp<'_>) -> Result<(), String> + 'a;
 
-fn touches_systemd<'t>(mut targets: impl Iterator<Item = &'t Target>) -> bool {
-    targets.any(|t| matches!(t, Target::ConfigFile { path } if path.starts_with(SYSTEMD_DIR)))
+/// What apply and rollback ask of systemd after the files it reads changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemdOp<'u> {
+    /// Manager.Reload: unit drop-ins, system.conf.d.
+    Reload,
+    /// TryRestartUnit: a running service re-reads its configuration.
+    TryRestart(&'u str),
 }
 
-/// Reloads systemd when a session can; the error, if any, for the outcome.
-fn reload_systemd(s: &mut Session<'_>) -> Option<String> {
-    let reload = s.reload.as_mut()?;
-    reload().err()
+/// Where unit files, drop-ins and system.conf.d live: a change there needs a systemd reload.
+const SYSTEMD_DIR: &str = "/etc/systemd/";
+/// Debian's GRUB drop-ins: a change there needs update-grub.
+const GRUB_DROP_INS: &str = "/etc/default/grub.d/";
+
+/// What has to happen after files changed, so the programs that read them see the change.
+#[derive(Debug, Default)]
+struct FollowUps {
+    reload: bool,
+    bootloader: bool,
+    restart: Vec<&'static str>,
+}
+
+impl FollowUps {
+    fn of<'t>(targets: impl Iterator<Item = &'t Target>) -> FollowUps {
+        let mut f = FollowUps::default();
+        for t in targets {
+            let Target::ConfigFile { path } = t else {
+                continue;
+            };
+            f.reload |= path.starts_with(SYSTEMD_DIR);
+            f.bootloader |= path.starts_with(GRUB_DROP_INS);
+            if let Some(unit) = tuning::isolation::irq::restart_after(path)
+                && !f.restart.contains(&unit)
+            {
+                f.restart.push(unit);
+            }
+        }
+        f
+    }
+
+    /// Runs them; returns (systemd reload error, other errors, notes).
+    fn run(&self, s: &mut Session<'_>) -> (Option<String>, Vec<String>, Vec<String>) {
+        let mut reload_error = None;
+        let mut errors = Vec::new();
+        let mut notes = Vec::new();
+        if let Some(systemd) = s.systemd.as_mut() {
+            if self.reload {
+                reload_error = systemd(SystemdOp::Reload).err();
+            }
+            for unit in &self.restart {
+                if let Err(e) = systemd(SystemdOp::TryRestart(unit)) {
+                    errors.push(format!("restart {unit}: {e}"));
+                }
+            }
+        }
+        if self.bootloader {
+            match s.system.update_bootloader() {
+                Ok(note) => notes.push(note),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (reload_error, errors, notes)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +166,27 @@ pub struct ApplyOutcome {
     /// Set when unit drop-ins changed but systemd could not be reloaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_reload_error: Option<String>,
+    /// Writes the kernel refused as expected (managed IRQs): left as they were, apply went on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedChange>,
+    /// Restarting a service or regenerating the boot loader configuration failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub follow_up_errors: Vec<String>,
+    /// What the follow-ups did (update-grub ran, or is not installed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A change the kernel refused in a way apply expects (see
+/// [`tuning::isolation::expected_refusal`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedChange {
+    pub class: Class,
+    pub key: String,
+    pub target: Target,
+    pub value: String,
+    pub reason: String,
+    pub error: String,
 }
 
 fn now() -> u64 {
@@ -174,6 +251,9 @@ pub fn apply(
             interrupted,
             after,
             systemd_reload_error: None,
+            refused: Vec::new(),
+            follow_up_errors: Vec::new(),
+            notes: Vec::new(),
         });
     }
 
@@ -235,6 +315,7 @@ pub fn apply(
     });
     s.state.save(&journal)?;
 
+    let mut refused = Vec::new();
     for (i, c) in plan.changes.iter().enumerate() {
         failpoint::hit("apply-before-step");
         let result = match failpoint::injected_error("apply-write") {
@@ -246,7 +327,52 @@ pub fn apply(
             None => change::execute(s.host, s.system, &c.target, &c.to),
         };
         if let Err(error) = result {
-            return Err(fail_run(s, &mut journal, baseline_before, i, error));
+            let expected = error.os_error().and_then(|errno| {
+                Some((
+                    errno,
+                    tuning::isolation::expected_refusal(&c.target, errno)?,
+                ))
+            });
+            let Some((errno, reason)) = expected else {
+                return Err(fail_run(s, &mut journal, baseline_before, i, error));
+            };
+            // Nothing changed; the item reads `unsupported` from now on (this boot).
+            if let Target::KernelFile { path } = &c.target {
+                let refusal = tuning::isolation::Refusal {
+                    value: c.to.describe(),
+                    errno,
+                    error: error.to_string(),
+                    at: now(),
+                };
+                if let Err(e) = tuning::isolation::record_refusal(s.host, path, refusal) {
+                    log::warn!("cannot record the refused write of {path}: {e}");
+                }
+            }
+            s.audit.record(
+                &s.caller,
+                &format!(
+                    "apply {}: {} {}: refused by the kernel, left at {}: {error}",
+                    profile.name,
+                    c.class.as_str(),
+                    c.key,
+                    c.from.describe()
+                ),
+                &[
+                    ("NODE_AGENT_ACTION", "apply-refused"),
+                    ("NODE_AGENT_PROFILE", &profile.name),
+                    ("NODE_AGENT_KEY", &c.key),
+                    ("NODE_AGENT_BEFORE", &c.from.describe()),
+                ],
+            );
+            refused.push(RefusedChange {
+                class: c.class,
+                key: c.key.clone(),
+                target: c.target.clone(),
+                value: c.to.describe(),
+                reason: reason.to_owned(),
+                error: error.to_string(),
+            });
+            continue;
         }
         // Audited at once: a crash before the journal marks the step done must not leave a
         // change without its record.
@@ -279,11 +405,8 @@ pub fn apply(
         run.finished = Some(now());
     }
     s.state.save(&journal)?;
-    let systemd_reload_error = if touches_systemd(plan.changes.iter().map(|c| &c.target)) {
-        reload_systemd(s)
-    } else {
-        None
-    };
+    let (systemd_reload_error, follow_up_errors, notes) =
+        FollowUps::of(plan.changes.iter().map(|c| &c.target)).run(s);
     // With unit limits, the caller re-observes the units after the reload for its report.
     let after = tuning::verify_with_units(s.host, profile, s.units.as_ref());
     Ok(ApplyOutcome {
@@ -291,6 +414,9 @@ pub fn apply(
         interrupted,
         after,
         systemd_reload_error,
+        refused,
+        follow_up_errors,
+        notes,
     })
 }
 
@@ -407,11 +533,12 @@ fn fail_run(
     if restore_failures.is_empty() {
         journal.baseline.truncate(baseline_before);
     }
-    if touches_systemd(run.steps[..failed].iter().map(|st| &st.target))
-        && let Some(e) = reload_systemd(s)
-    {
+    let (reload_error, errors, _) =
+        FollowUps::of(run.steps[..failed].iter().map(|st| &st.target)).run(s);
+    if let Some(e) = reload_error {
         restore_failures.push(format!("systemd reload: {e}"));
     }
+    restore_failures.extend(errors);
     let message = format!("{} {}: {error}", step.class.as_str(), step.key);
     if let Some(r) = journal.runs.last_mut() {
         r.state = RunState::FailedRolledBack;
@@ -477,6 +604,11 @@ pub struct RollbackOutcome {
     /// Set when unit drop-ins were restored but systemd could not be reloaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_reload_error: Option<String>,
+    /// Restarting a service or regenerating the boot loader configuration failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub follow_up_errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RollbackOutcome {
@@ -566,9 +698,8 @@ pub fn rollback(s: &mut Session<'_>, force: bool) -> Result<RollbackOutcome, Sta
         }
     }
     out.restored.reverse();
-    if touches_systemd(out.restored.iter().map(|r| &r.target)) {
-        out.systemd_reload_error = reload_systemd(s);
-    }
+    (out.systemd_reload_error, out.follow_up_errors, out.notes) =
+        FollowUps::of(out.restored.iter().map(|r| &r.target)).run(s);
     if keep.is_empty() {
         s.state.remove()?;
     } else {

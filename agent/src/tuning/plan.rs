@@ -94,6 +94,9 @@ pub fn plan(
     classes: Option<&[Class]>,
 ) -> Plan {
     let wanted = |c: Class| classes.is_none_or(|cs| cs.contains(&c));
+    // The boot loader is changed only when asked for by name (`agentctl isolation bootloader
+    // --write`): a routine apply must not change how the host boots.
+    let boot = classes.is_some_and(|cs| cs.contains(&Class::Cmdline));
     let mut out = Plan {
         schema_version: PLAN_SCHEMA_VERSION,
         profile: report.profile.clone(),
@@ -109,7 +112,16 @@ pub fn plan(
         match item.status {
             Status::Pass => {}
             Status::Unsupported => out.unsupported.push(skipped(item, "")),
-            Status::Drift if !item.fixes.is_empty() => {
+            Status::PendingReboot if !boot || item.fixes.is_empty() => {
+                let mut s = skipped(item, "reboot to apply");
+                if !item.fixes.is_empty() {
+                    s.reason = "the boot loader does not set it: run `agentctl isolation \
+                                bootloader --write`, then reboot"
+                        .into();
+                }
+                out.not_fixable.push(s);
+            }
+            Status::Drift | Status::PendingReboot if !item.fixes.is_empty() => {
                 for f in &item.fixes {
                     // Several items can be fixed by one change (a unit's drop-in holds all
                     // its limits): plan it once.
