@@ -420,6 +420,12 @@ impl FixtureHost {
         // A VLAN interface: the dot in its name is a `/` in the dotted key.
         self.write("/proc/sys/net/ipv4/conf/eth0.100/rp_filter", "2\n");
         self.write("/proc/cmdline", "BOOT_IMAGE=/boot/vmlinuz-6.1.0-27-amd64 root=UUID=5d2a6a1e-8f3b-4c8e-9d0a-1b2c3d4e5f60 ro quiet\n");
+        // PID 1 (systemd) may run anywhere until system.conf's CPUAffinity= says otherwise.
+        let all: String = format!("0-{}", self.spec.online - 1);
+        self.write(
+            "/proc/1/status",
+            proc_status("systemd", 1, 0, &all, self.spec.possible),
+        );
         if t {
             self.swaps(&[]);
         } else {
@@ -746,6 +752,27 @@ impl FixtureHost {
 
 /// `net.ipv4.tcp_rmem` → `/proc/sys/net/ipv4/tcp_rmem` (no dotted interface names here; write
 /// those paths directly).
+/// /proc/PID/status as fs/proc/array.c prints it (the fields verify and the audit read, in
+/// their places among the others), for a task allowed on `cpus` (list syntax) of a machine with
+/// `possible` CPUs.
+pub fn proc_status(name: &str, tgid: u32, tid: u32, cpus: &str, possible: u32) -> String {
+    let list: node_agent::profile::types::CpuList = cpus.parse().expect("a CPU list");
+    let pid = if tid == 0 { tgid } else { tid };
+    format!(
+        "Name:\t{name}\nUmask:\t0000\nState:\tS (sleeping)\nTgid:\t{tgid}\nNgid:\t0\n\
+         Pid:\t{pid}\nPPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
+         FDSize:\t128\nGroups:\t\nThreads:\t1\nSigQ:\t0/63431\nSigPnd:\t0000000000000000\n\
+         ShdPnd:\t0000000000000000\nSigBlk:\t7fefc1fe28014a03\nSigIgn:\t0000000000001000\n\
+         SigCgt:\t00000000000004ec\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+         CapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n\
+         NoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\nSpeculation_Store_Bypass:\tthread vulnerable\n\
+         SpeculationIndirectBranch:\tconditional enabled\nCpus_allowed:\t{}\n\
+         Cpus_allowed_list:\t{list}\nMems_allowed:\t00000000,00000001\n\
+         Mems_allowed_list:\t0\nvoluntary_ctxt_switches:\t12345\nnonvoluntary_ctxt_switches:\t678\n",
+        list.to_mask(possible)
+    )
+}
+
 pub fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
