@@ -344,7 +344,10 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
                 Output::Table => write!(out, "{}", rollback_table(&outcome))?,
             }
             Ok(
-                if !outcome.failed.is_empty() || outcome.systemd_reload_error.is_some() {
+                if !outcome.failed.is_empty()
+                    || outcome.systemd_reload_error.is_some()
+                    || !outcome.follow_up_errors.is_empty()
+                {
                     Exit::Failed
                 } else if !outcome.left_alone.is_empty() {
                     Exit::Drift
@@ -789,14 +792,30 @@ fn run_apply(
                     )?;
                 }
             }
+            for r in &outcome.refused {
+                writeln!(
+                    out,
+                    "  refused by the kernel, left as it was: {} {}: {} ({})",
+                    r.class.as_str(),
+                    r.key,
+                    r.reason,
+                    r.error
+                )?;
+            }
             if let Some(e) = &outcome.systemd_reload_error {
                 writeln!(out, "WARNING: unit drop-ins changed but {e}")?;
+            }
+            for e in &outcome.follow_up_errors {
+                writeln!(out, "WARNING: {e}")?;
+            }
+            for n in &outcome.notes {
+                writeln!(out, "note: {n}")?;
             }
             writeln!(out)?;
             write!(out, "{}", outcome.after.to_table())?;
         }
     }
-    if outcome.systemd_reload_error.is_some() {
+    if outcome.systemd_reload_error.is_some() || !outcome.follow_up_errors.is_empty() {
         return Ok(Exit::Failed);
     }
     Ok(verdict(&outcome.after, false))
@@ -837,6 +856,15 @@ fn rollback_table(o: &RollbackOutcome) -> String {
                 n.reason
             );
         }
+    }
+    if let Some(e) = &o.systemd_reload_error {
+        let _ = writeln!(s, "WARNING: unit drop-ins restored but {e}");
+    }
+    for e in &o.follow_up_errors {
+        let _ = writeln!(s, "WARNING: {e}");
+    }
+    for n in &o.notes {
+        let _ = writeln!(s, "note: {n}");
     }
     s
 }

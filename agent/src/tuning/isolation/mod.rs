@@ -61,6 +61,9 @@ fn cpuset_v2(host: &HostRoot) -> bool {
         .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpuset"))
 }
 
+/// Exists when systemd is PID 1 (sd_booted(3)).
+pub const SD_BOOTED: &str = "/run/systemd/system";
+
 /// systemd's own affinity (inherited by every unit without one of its own).
 pub const SYSTEM_CONF_DROP_IN: &str = "/etc/systemd/system.conf.d/zz-node-agent.conf";
 
@@ -84,6 +87,17 @@ pub fn verify(
 /// original for rollback).
 fn verify_systemd(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) {
     let hk = iso.housekeeping_cpus.to_string();
+    // sd_booted(3): systemd is the init system exactly when this directory exists. Without
+    // it, PID 1 is something else and a system.conf.d drop-in would mean nothing.
+    if !host.exists(SD_BOOTED) {
+        out.push(
+            Item::new(Class::Isolation, "isolation.systemd.cpu_affinity", &hk)
+                .path(SD_BOOTED)
+                .status(Status::Unsupported)
+                .reason("systemd is not the init system here (sd_booted)"),
+        );
+        return;
+    }
     let content = format!("{HEADER}[Manager]\nCPUAffinity={hk}\n");
     let target = Target::ConfigFile {
         path: SYSTEM_CONF_DROP_IN.to_owned(),
