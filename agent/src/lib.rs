@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod change;
 pub mod cli;
+pub mod daemon;
 pub mod failpoint;
 pub mod host;
 pub mod profile;

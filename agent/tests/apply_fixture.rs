@@ -1465,3 +1465,78 @@ transparent_hugepage = "never"
         "always [madvise] never\n"
     );
 }
+
+/// Enforce mode's scope: exactly the items named are re-applied; swap, drifted too, is not
+/// touched, and neither is sysctl's file when no sysctl item is named.
+#[test]
+fn item_scope_applies_only_the_named_items() {
+    let fx = FixtureHost::stock();
+    fx.swaps(&[swaps_line("/swapfile", false, 1_048_572, 0, -2)]);
+    let profile = load(&fx.profile(
+        "thp-and-swap",
+        "[memory]\nswap = \"off\"\ntransparent_hugepage = \"never\"\ntransparent_hugepage_defrag = \"never\"\n\n[sysctl]\n\"vm.swappiness\" = 1\n",
+    ));
+    let host = fx.host();
+    let state = StateDir::new(fx.state_dir());
+    let audit = Audit::new(Some(&fx.state_dir()));
+    let report = tuning::verify(&host, &profile);
+    let drifted: Vec<&str> = report
+        .items
+        .iter()
+        .filter(|i| i.status == Status::Drift)
+        .map(|i| i.key.as_str())
+        .collect();
+    for k in [
+        "memory.swap",
+        "memory.transparent_hugepage.enabled",
+        "vm.swappiness",
+    ] {
+        assert!(drifted.contains(&k), "{k} must drift first: {drifted:?}");
+    }
+
+    let mut system = RecordingSystem::default();
+    let keys = ["memory.transparent_hugepage.enabled".to_owned()];
+    let outcome = apply::apply_scope(
+        &mut Session {
+            host: &host,
+            state: &state,
+            system: &mut system,
+            audit: &audit,
+            caller: Caller::current(),
+            units: None,
+            systemd: None,
+        },
+        &profile,
+        tuning::plan::Scope::Items(&keys),
+    )
+    .expect("apply");
+    let changed: Vec<&str> = outcome
+        .plan
+        .changes
+        .iter()
+        .map(|c| c.key.as_str())
+        .collect();
+    assert_eq!(changed, ["memory.transparent_hugepage.enabled"]);
+    assert!(
+        system.calls.is_empty(),
+        "swap untouched: {:?}",
+        system.calls
+    );
+    let status = |k: &str| {
+        outcome
+            .after
+            .items
+            .iter()
+            .find(|i| i.key == k)
+            .map(|i| i.status)
+    };
+    assert_eq!(
+        status("memory.transparent_hugepage.enabled"),
+        Some(Status::Pass)
+    );
+    assert_eq!(
+        status("memory.transparent_hugepage.defrag"),
+        Some(Status::Drift)
+    );
+    assert_eq!(status("vm.swappiness"), Some(Status::Drift));
+}

@@ -17,6 +17,7 @@ use crate::failpoint;
 use crate::host::{HostError, HostRoot};
 use crate::profile::Profile;
 use crate::system::SystemActions;
+use crate::tuning::plan::Scope;
 use crate::tuning::units::UnitsObserved;
 use crate::tuning::{self, plan};
 use crate::verify::{Class, Report};
@@ -203,9 +204,19 @@ pub fn plan(
     classes: Option<&[Class]>,
     units: Option<&UnitsObserved>,
 ) -> (plan::Plan, Report) {
+    plan_scope(host, profile, classes.into(), units)
+}
+
+/// [`plan`] for any [`Scope`].
+pub fn plan_scope(
+    host: &HostRoot,
+    profile: &Profile,
+    scope: Scope<'_>,
+    units: Option<&UnitsObserved>,
+) -> (plan::Plan, Report) {
     let report = tuning::verify_with_units(host, profile, units);
     let persisted = plan::observe_persistence(host);
-    (plan::plan(profile, &report, &persisted, classes), report)
+    (plan::plan(profile, &report, &persisted, scope), report)
 }
 
 /// Classes whose settings live only in the running kernel: a reboot loses them, so the daemon
@@ -224,10 +235,19 @@ pub fn apply(
     profile: &Profile,
     classes: Option<&[Class]>,
 ) -> Result<ApplyOutcome, ApplyError> {
+    apply_scope(s, profile, classes.into())
+}
+
+/// [`apply`] for any [`Scope`] (enforce mode re-applies single items).
+pub fn apply_scope(
+    s: &mut Session<'_>,
+    profile: &Profile,
+    scope: Scope<'_>,
+) -> Result<ApplyOutcome, ApplyError> {
     let _lock = s.state.lock()?;
     let mut journal = s.state.load()?;
     let interrupted = mark_interrupted(&mut journal);
-    let (plan, _) = plan(s.host, profile, classes, s.units.as_ref());
+    let (plan, _) = plan_scope(s.host, profile, scope, s.units.as_ref());
     if plan.is_empty() {
         if interrupted.is_some() {
             // The host now matches: record a complete (empty) run, or the interrupted one

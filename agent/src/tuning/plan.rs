@@ -86,17 +86,38 @@ pub fn observe_persistence(host: &HostRoot) -> Persistence {
     }
 }
 
-/// Which classes a plan covers: all, or (for the daemon's runtime re-apply) a subset.
-pub fn plan(
-    profile: &Profile,
-    report: &Report,
-    persisted: &Persistence,
-    classes: Option<&[Class]>,
-) -> Plan {
-    let wanted = |c: Class| classes.is_none_or(|cs| cs.contains(&c));
+/// What a plan covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Everything `tune apply` changes (not the boot loader).
+    All,
+    /// These classes: the daemon's runtime re-apply; `[Class::Cmdline]` for the boot loader.
+    Classes(&'a [Class]),
+    /// Exactly these items by key (enforce mode), and the agent's files of their classes.
+    Items(&'a [String]),
+}
+
+impl<'a> From<Option<&'a [Class]>> for Scope<'a> {
+    fn from(classes: Option<&'a [Class]>) -> Self {
+        classes.map_or(Scope::All, Scope::Classes)
+    }
+}
+
+/// The plan for `scope` from a verify report and the agent's persistence files.
+pub fn plan(profile: &Profile, report: &Report, persisted: &Persistence, scope: Scope<'_>) -> Plan {
+    let wanted_item = |i: &Item| match scope {
+        Scope::All => true,
+        Scope::Classes(cs) => cs.contains(&i.class),
+        Scope::Items(keys) => keys.contains(&i.key),
+    };
+    let wanted = |c: Class| match scope {
+        Scope::All => true,
+        Scope::Classes(cs) => cs.contains(&c),
+        Scope::Items(_) => report.items.iter().any(|i| i.class == c && wanted_item(i)),
+    };
     // The boot loader is changed only when asked for by name (`agentctl isolation bootloader
     // --write`): a routine apply must not change how the host boots.
-    let boot = classes.is_some_and(|cs| cs.contains(&Class::Cmdline));
+    let boot = matches!(scope, Scope::Classes(cs) if cs.contains(&Class::Cmdline));
     let mut out = Plan {
         schema_version: PLAN_SCHEMA_VERSION,
         profile: report.profile.clone(),
@@ -108,7 +129,7 @@ pub fn plan(
     // Runtime changes go after the agent's files (below): an apply interrupted after raising
     // a bound then finds it in the file, so the next apply, which sees the bound met, keeps it.
     let mut runtime = Vec::new();
-    for item in report.items.iter().filter(|i| wanted(i.class)) {
+    for item in report.items.iter().filter(|i| wanted_item(i)) {
         match item.status {
             Status::Pass => {}
             Status::Unsupported => out.unsupported.push(skipped(item, "")),

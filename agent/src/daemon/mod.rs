@@ -1,0 +1,6 @@
+//! node-agentd: the daemon. It verifies the active profile on an interval, reports drift
+//! transitions, re-applies in enforce mode, and serves the gRPC API. The pieces below are plain
+//! library code; the RPC layer is a thin shell over them.
+
+pub mod drift;
+pub mod enforce;
