@@ -1,0 +1,5 @@
+//! node-agentd: see `node_agent::daemon`.
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::FAILURE
+}
