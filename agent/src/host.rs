@@ -163,7 +163,8 @@ impl HostRoot {
     /// Writes one value to an existing kernel file in a single write(2); never creates it.
     /// Under a root other than `/` the files are plain files, and the write reproduces what the
     /// kernel would show afterwards: a choice file (`always [madvise] never`) moves its
-    /// brackets, or refuses a word it does not offer with EINVAL; any other file holds the
+    /// brackets, or refuses a word it does not offer with EINVAL; a managed IRQ's affinity
+    /// file (read-only, as the kernel makes it) refuses with EPERM; any other file holds the
     /// value and a newline.
     pub fn write_kernel_file(&self, host_path: &str, value: &str) -> Result<(), HostError> {
         use std::io::Write;
@@ -173,6 +174,9 @@ impl HostRoot {
             value: value.to_owned(),
             source,
         };
+        if !self.is_live() && managed_irq_file(host_path) && self.is_read_only(host_path) {
+            return Err(err(io::Error::from_raw_os_error(1)));
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(false)
@@ -212,6 +216,25 @@ impl HostRoot {
         self.read_value("/proc/sys/kernel/hostname")
             .unwrap_or_else(|_| "unknown".to_owned())
     }
+}
+
+impl HostRoot {
+    /// Whether a file exists and has no write bit at all (a managed IRQ's affinity file).
+    pub fn is_read_only(&self, host_path: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        self.path(host_path)
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.permissions().mode() & 0o222 == 0)
+    }
+}
+
+/// A fixture's managed IRQ: the kernel creates a managed IRQ's `smp_affinity` and
+/// `smp_affinity_list` read-only (0444; movable IRQs get 0644) and answers root's write with
+/// EPERM (measured on 6.18). A fixture file under /proc/irq with no write bit stands for one.
+fn managed_irq_file(host_path: &str) -> bool {
+    host_path.starts_with("/proc/irq/")
+        && (host_path.ends_with("/smp_affinity_list") || host_path.ends_with("/smp_affinity"))
 }
 
 /// Reads a whole file: open, read(2) to EOF, close. `std::fs::read` and `File::read_to_end`

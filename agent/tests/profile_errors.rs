@@ -42,7 +42,14 @@ const CASES: &[(&str, &str)] = &[
     (
         "isolation-bad-kernel-arg",
         "{dir}/isolation-bad-kernel-arg.toml:1:1: isolation: invalid kernel argument \
-         \"skew_tick=1 nosoftlockup\": one argument per string, without spaces or quotes",
+         \"skew_tick=1 nosoftlockup\": one argument per string, of letters, digits and = , . - \
+         _ : / + @ % ~ (no spaces, quotes or shell characters)",
+    ),
+    (
+        "isolation-shell-kernel-arg",
+        "{dir}/isolation-shell-kernel-arg.toml:1:1: isolation: invalid kernel argument \
+         \"quiet$(reboot)\": one argument per string, of letters, digits and = , . - _ : / + @ \
+         % ~ (no spaces, quotes or shell characters)",
     ),
     (
         "isolation-empty-cpu-list",

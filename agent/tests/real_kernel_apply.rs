@@ -170,8 +170,8 @@ impl Agent {
                 // The guard puts /proc/swaps back as a whole.
                 Target::Swap { .. } => true,
                 Target::Mount { path } => own_mounts.contains(&path.as_str()),
-                // This tier's profiles have no [isolation].
-                Target::ProcessAffinity { .. } => false,
+                // The guard restores PID 1's affinity (set where systemd is PID 1).
+                Target::ProcessAffinity { pid } => *pid == 1 && snap.pid1_affinity.is_some(),
             };
             assert!(covered, "the guard does not cover {:?}", e.target);
         }

@@ -449,12 +449,16 @@ impl TryFrom<IsolationRaw> for Isolation {
             }
         }
         for a in &r.kernel_args {
+            // It ends up in a shell-sourced GRUB drop-in and in grub.cfg: only the characters
+            // kernel parameters use.
             if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+                || !a
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "=,.-_:/+@%~".contains(c))
             {
                 return Err(format!(
-                    "invalid kernel argument {a:?}: one argument per string, without spaces or quotes"
+                    "invalid kernel argument {a:?}: one argument per string, of letters, digits \
+                     and = , . - _ : / + @ % ~ (no spaces, quotes or shell characters)"
                 ));
             }
         }

@@ -12,7 +12,13 @@
 //! - the agent's files `/etc/sysctl.d/zz-node-agent.conf` and
 //!   `/etc/security/limits.d/zz-node-agent.conf` (content or absence) and the entry lists of
 //!   their directories (so a temp file left behind shows);
-//! - the active swap areas of `/proc/swaps` (name, type, size, priority).
+//! - the active swap areas of `/proc/swaps` (name, type, size, priority);
+//! - for `[isolation]`: every IRQ's `smp_affinity_list`, `/proc/irq/default_smp_affinity`, the
+//!   unbound workqueue cpumask and every per-workqueue `cpumask`; the files apply may write or
+//!   leave there (the system.conf.d drop-in, irqbalance's configuration files, the record of
+//!   refused IRQ writes under /run/node-agent), whether their directories exist (a directory
+//!   the test run created is removed again when empty), and PID 1's CPU affinity (restored with
+//!   sched_setaffinity).
 //!
 //! Resources a test creates (a swap file, a loop-mounted image) are registered with
 //! [`Guard::on_drop`] and torn down by the guard too, after the restore.
@@ -33,6 +39,21 @@ pub const CPU_DIR: &str = "/sys/devices/system/cpu";
 pub const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/zz-node-agent.conf";
 pub const LIMITS_FILE: &str = "/etc/security/limits.d/zz-node-agent.conf";
+pub const SYSTEM_CONF_DROP_IN: &str = "/etc/systemd/system.conf.d/zz-node-agent.conf";
+pub const REFUSED_FILE: &str = "/run/node-agent/refused-writes.json";
+pub const IRQBALANCE_CONFIGS: [&str; 2] = ["/etc/default/irqbalance", "/etc/sysconfig/irqbalance"];
+pub const IRQ_DIR: &str = "/proc/irq";
+pub const DEFAULT_AFFINITY: &str = "/proc/irq/default_smp_affinity";
+pub const WORKQUEUE_DIR: &str = "/sys/devices/virtual/workqueue";
+/// Every file the agent may create, replace or remove, as the snapshot covers them.
+pub const FILES: [&str; 6] = [
+    SYSCTL_FILE,
+    LIMITS_FILE,
+    SYSTEM_CONF_DROP_IN,
+    REFUSED_FILE,
+    IRQBALANCE_CONFIGS[0],
+    IRQBALANCE_CONFIGS[1],
+];
 pub const CC: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 pub const CC_ALLOWED: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
 pub const CC_AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
@@ -188,6 +209,70 @@ pub fn cpus() -> Vec<String> {
     numbered(CPU_DIR, "cpu")
 }
 
+/// Every IRQ's `smp_affinity_list`, in IRQ number order.
+pub fn irq_affinity_files() -> Vec<String> {
+    numbered(IRQ_DIR, "")
+        .into_iter()
+        .map(|n| format!("{IRQ_DIR}/{n}/smp_affinity_list"))
+        .collect()
+}
+
+/// The unbound workqueue cpumask and every per-workqueue `cpumask` (not the read-only
+/// `cpumask_requested` and `cpumask_isolated` views).
+pub fn workqueue_mask_files() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(WORKQUEUE_DIR)
+        .map(|es| {
+            es.filter_map(Result::ok)
+                .map(|e| {
+                    format!(
+                        "{WORKQUEUE_DIR}/{}/cpumask",
+                        e.file_name().to_string_lossy()
+                    )
+                })
+                .filter(|p| Path::new(p).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    let global = format!("{WORKQUEUE_DIR}/cpumask");
+    if Path::new(&global).is_file() {
+        out.insert(0, global);
+    }
+    out
+}
+
+/// A CPU list in the kernel's syntax (`0-3,8`), parsed here without the agent's code.
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.trim().parse::<usize>().ok()?..=b.trim().parse().ok()?),
+            None => out.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+/// `Cpus_allowed_list` of a process (its main thread).
+pub fn affinity_of(pid: u32) -> Option<String> {
+    read(&format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Sets the CPU affinity of a process's main thread (sched_setaffinity(2)).
+pub fn set_affinity(pid: u32, list: &str) -> Result<(), String> {
+    let cpus = parse_cpu_list(list).ok_or_else(|| format!("invalid CPU list {list:?}"))?;
+    let mut set = nix::sched::CpuSet::new();
+    for c in cpus {
+        set.set(c).map_err(|e| format!("CPU {c}: {e}"))?;
+    }
+    let pid = i32::try_from(pid).map_err(|e| e.to_string())?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+        .map_err(|e| format!("sched_setaffinity({pid}, {list}): {e}"))
+}
+
 /// The cpuidle `disable` files of every CPU, with each state's exit latency in microseconds.
 pub fn idle_disable_files() -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -280,9 +365,11 @@ pub struct Snapshot {
     pub kernel: BTreeMap<String, Option<String>>,
     /// The agent's configuration files: content, `None` when absent.
     pub files: BTreeMap<String, Option<String>>,
-    /// The entries of the directories holding them.
-    pub dirs: BTreeMap<String, BTreeSet<String>>,
+    /// The entries of the directories holding them, `None` when a directory does not exist.
+    pub dirs: BTreeMap<String, Option<BTreeSet<String>>>,
     pub swaps: BTreeMap<String, SwapArea>,
+    /// PID 1's `Cpus_allowed_list`.
+    pub pid1_affinity: Option<String>,
 }
 
 /// Every kernel file the snapshot covers.
@@ -296,6 +383,9 @@ pub fn kernel_paths() -> Vec<String> {
     // The kernel recomputes it when THP is switched off, and again when THP is back on.
     keys.insert("vm.min_free_kbytes".into());
     let mut paths: Vec<String> = keys.iter().map(|k| sysctl_path(k)).collect();
+    paths.extend(irq_affinity_files());
+    paths.push(DEFAULT_AFFINITY.to_owned());
+    paths.extend(workqueue_mask_files());
     paths.push(format!("{THP_DIR}/enabled"));
     paths.push(format!("{THP_DIR}/defrag"));
     paths.extend(idle_disable_files().into_iter().map(|(p, _)| p));
@@ -323,14 +413,21 @@ fn dir_of(path: &str) -> String {
         .to_string()
 }
 
-fn list_dir(dir: &str) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|es| {
-            es.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+fn list_dir(dir: &str) -> Option<BTreeSet<String>> {
+    std::fs::read_dir(dir).ok().map(|es| {
+        es.filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    })
+}
+
+/// A temporary file the agent's atomic replace of one of [`FILES`] may leave behind
+/// (`.NAME.tmp.PID`).
+fn agent_temp_file(name: &str) -> bool {
+    FILES.iter().any(|f| {
+        let base = f.rsplit('/').next().unwrap_or(f);
+        name.starts_with(&format!(".{base}.tmp."))
+    })
 }
 
 impl Snapshot {
@@ -339,15 +436,15 @@ impl Snapshot {
     }
 
     fn of(paths: &[String]) -> Snapshot {
-        let files = [SYSCTL_FILE, LIMITS_FILE];
         Snapshot {
             kernel: paths.iter().map(|p| (p.clone(), read(p))).collect(),
-            files: files.iter().map(|p| (p.to_string(), read(p))).collect(),
-            dirs: files
+            files: FILES.iter().map(|p| (p.to_string(), read(p))).collect(),
+            dirs: FILES
                 .iter()
                 .map(|p| (dir_of(p), list_dir(&dir_of(p))))
                 .collect(),
             swaps: swap_areas(),
+            pid1_affinity: affinity_of(1),
         }
     }
 
@@ -380,6 +477,12 @@ impl Snapshot {
         maps("file", &self.files, &other.files, &mut out);
         maps("directory", &self.dirs, &other.dirs, &mut out);
         maps("swap area", &self.swaps, &other.swaps, &mut out);
+        if self.pid1_affinity != other.pid1_affinity {
+            out.push(format!(
+                "PID 1 affinity: expected {:?}, found {:?}",
+                self.pid1_affinity, other.pid1_affinity
+            ));
+        }
         out
     }
 
@@ -429,16 +532,31 @@ impl Snapshot {
                 errors.push(format!("restore {path}: {e}"));
             }
         }
-        // Temp files the agent may have left beside them (its own naming only).
+        // Temp files the agent may have left beside them (its own naming only), and the
+        // directories it created for them, once empty.
         for (dir, want) in &self.dirs {
-            for extra in list_dir(dir).difference(want) {
-                if extra.starts_with(".zz-node-agent.conf.tmp.") {
+            let Some(now) = list_dir(dir) else { continue };
+            let empty = BTreeSet::new();
+            for extra in now.difference(want.as_ref().unwrap_or(&empty)) {
+                if agent_temp_file(extra) {
                     let p = format!("{dir}/{extra}");
                     if let Err(e) = std::fs::remove_file(&p) {
                         errors.push(format!("remove {p}: {e}"));
                     }
                 }
             }
+            if want.is_none()
+                && let Err(e) = std::fs::remove_dir(dir)
+            {
+                errors.push(format!("remove {dir}, which did not exist: {e}"));
+            }
+        }
+        // PID 1's affinity (the agent sets it where systemd is PID 1).
+        if let Some(want) = &self.pid1_affinity
+            && affinity_of(1).as_ref() != Some(want)
+            && let Err(e) = set_affinity(1, want)
+        {
+            errors.push(format!("restore the affinity of PID 1: {e}"));
         }
         // Swap: off what was not on, on what was (with its priority).
         let now = swap_areas();
