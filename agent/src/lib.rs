@@ -4,8 +4,10 @@
 //! `profile` and `verify`; the knob classes in `tuning`; `cli` on top. The binaries are thin.
 
 pub mod audit;
+pub mod certs;
 pub mod change;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod failpoint;
 pub mod host;

@@ -246,7 +246,7 @@ fn help_and_version() {
         ),
         (
             &["tune", "verify", "--help"],
-            "Usage: agentctl tune verify [OPTIONS] --profile <NAME|PATH>",
+            "Usage: agentctl tune verify [OPTIONS]",
         ),
     ] {
         let out = agentctl_bare(args);
@@ -284,7 +284,10 @@ fn usage_errors_exit_2() {
             &["profile", "frobnicate"],
             "unrecognized subcommand 'frobnicate'",
         ),
-        (&["tune", "verify"], "--profile <NAME|PATH>"),
+        (
+            &["tune", "verify"],
+            "no --profile given, node-agentd is not running, and no agent.profile is set in",
+        ),
         (&["profile", "check"], "<FILE>"),
         (
             &["--output", "yaml", "profile", "list"],

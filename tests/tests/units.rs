@@ -52,7 +52,7 @@ impl Agent {
             .chain(args.iter().copied());
         let cli = Cli::try_parse_from(argv).unwrap();
         let mut out = Vec::new();
-        let (code, err) = match run(&cli, &self.ctx, &mut out) {
+        let (code, err) = match run(&cli, &self.ctx, &mut out, &mut std::io::sink()) {
             Ok(code) => (code, String::new()),
             Err(e) => (e.code, format!("{:#}", e.error)),
         };
@@ -398,7 +398,8 @@ fn watch_reports_state_changes() {
         ])
         .unwrap();
         let mut out = Vec::new();
-        let code = run(&cli, &ctx, &mut out).map_err(|e| format!("{:#}", e.error));
+        let code =
+            run(&cli, &ctx, &mut out, &mut std::io::sink()).map_err(|e| format!("{:#}", e.error));
         (code, String::from_utf8(out).unwrap())
     });
     // The watcher subscribes at some point after the thread starts; toggling the unit until it

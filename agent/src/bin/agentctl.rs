@@ -9,7 +9,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context::from_env();
     let mut stdout = std::io::stdout().lock();
-    match run(&cli, &ctx, &mut stdout) {
+    let mut stderr = std::io::stderr();
+    match run(&cli, &ctx, &mut stdout, &mut stderr) {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             #[allow(clippy::print_stderr)]

@@ -6,6 +6,8 @@ use std::io::Write;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 
+mod daemon;
+
 use crate::audit::{Audit, Caller};
 use crate::host::HostRoot;
 use crate::profile::{self, Profile, ProfileError, SearchPath};
@@ -16,7 +18,7 @@ use crate::system::{NoSystem, RealSystem, SystemActions};
 use crate::tuning;
 use crate::tuning::units::UnitsObserved;
 use crate::units::{self, JobOp, Systemd, UnitManager, UnitsError};
-use crate::verify::{InterruptedApply, Report};
+use crate::verify::Report;
 
 /// Exit codes, one table for all of agentctl (docs/OPERATIONS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,10 @@ impl From<ApplyError> for CliError {
     fn from(e: ApplyError) -> Self {
         match e {
             ApplyError::State(e) => e.into(),
+            refused @ ApplyError::Refused(_) => CliError {
+                code: Exit::CannotRun,
+                error: refused.into(),
+            },
             failed @ ApplyError::Failed(_) => CliError {
                 code: Exit::Failed,
                 error: failed.into(),
@@ -132,6 +138,22 @@ pub struct Cli {
     /// The agent's settings file [default: /etc/node-agent/agent.toml, or NODE_AGENT_SETTINGS].
     #[arg(long, global = true, value_name = "PATH")]
     pub settings: Option<std::path::PathBuf>,
+    /// Ask the node-agentd at HOST:PORT over mutual TLS instead of this host's (with --cert,
+    /// --key and --ca).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub remote: Option<String>,
+    /// Client certificate (PEM) for --remote.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for --remote.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) the remote's server certificate must chain to.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the remote's certificate carries [default: HOST of --remote].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub server_name: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -165,6 +187,65 @@ pub enum Command {
     /// that fails or times out and say which (exit 4).
     #[command(subcommand)]
     Platform(PlatformCmd),
+    /// The CPU layout of a profile's [isolation]: boot arguments and stray tasks.
+    #[command(subcommand)]
+    Isolation(IsolationCmd),
+    /// node-agentd, the daemon: its status.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
+    /// Pause or resume the daemon's enforce mode (so a manual change is not reverted).
+    #[command(subcommand)]
+    Enforce(EnforceCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Agent and API version, host, kernel, profile and its hash, mode, pause, last verify and
+    /// its drift counts (the daemon's cached result; `tune verify` reads the host afresh).
+    ///
+    /// Exit 0 when the last verify was compliant, 1 when not, 3 when no daemon answers.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnforceCmd {
+    /// Stop re-applying drifted items for a while (audited). The pause survives a daemon
+    /// restart and ends by itself.
+    Pause {
+        /// How long: e.g. 30m, 2h (at most 24h).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: crate::settings::Timeout,
+        /// Why, for the audit record.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End a pause now (audited).
+    Resume,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IsolationCmd {
+    /// Print the kernel command line the layout needs and how to set it: a GRUB drop-in plus
+    /// update-grub on Debian, the grubby command on RHEL. Never reboots.
+    ///
+    /// With --write, writes the Debian drop-in (/etc/default/grub.d) and runs update-grub when
+    /// it is installed, journaled like every apply (`tune rollback` removes it and runs
+    /// update-grub again). Exit 0 when the running kernel already has every argument, 1 when a
+    /// reboot is needed.
+    Bootloader {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Write the GRUB drop-in and run update-grub.
+        #[arg(long)]
+        write: bool,
+    },
+    /// List every task that may run, or last ran, on an isolated CPU (pid, tid, command, unit,
+    /// affinity). The engine units' own tasks are not listed; per-CPU kernel threads that
+    /// cannot move are counted apart, as expected. Exit 0 when there is none, 1 otherwise.
+    Audit {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,9 +288,12 @@ pub enum Tune {
     ///
     /// Exit 0 when compliant, 1 when any item is drift, pending-reboot, not-persistent or
     /// error (unsupported too with --strict), or when an earlier apply was interrupted.
+    ///
+    /// Without --profile, node-agentd verifies its own profile (or, when no daemon answers,
+    /// agentctl verifies the settings' agent.profile locally and says so on stderr).
     Verify {
         #[command(flatten)]
-        profile: ProfileArg,
+        profile: DaemonProfileArg,
         /// Count `unsupported` items (knobs this machine lacks) as findings.
         #[arg(long)]
         strict: bool,
@@ -220,9 +304,13 @@ pub enum Tune {
     /// Exit 0 when the host is compliant afterwards, 1 when findings remain that apply cannot
     /// fix, 3 when another apply or rollback holds the lock, 4 when a write failed (what this
     /// run had changed is restored).
+    ///
+    /// Without --profile, node-agentd applies its own profile: it is the host's one writer
+    /// while it runs. With --profile, agentctl applies locally, and refuses while the daemon
+    /// runs.
     Apply {
         #[command(flatten)]
-        profile: ProfileArg,
+        profile: DaemonProfileArg,
         /// Print the plan (`class key: current → target`) and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -263,6 +351,14 @@ pub struct ProfileArg {
     /// Profile name (looked up on the profile search path) or path to a .toml file.
     #[arg(long, short = 'p', value_name = "NAME|PATH")]
     pub profile: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonProfileArg {
+    /// Profile name (looked up on the profile search path) or path to a .toml file; without
+    /// it, the daemon's profile.
+    #[arg(long, short = 'p', value_name = "NAME|PATH")]
+    pub profile: Option<String>,
 }
 
 /// What the commands need from the environment, resolved once in `main`.
@@ -310,13 +406,24 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<(
     )
 }
 
-pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliError> {
+/// Runs a command: results to `out`, notes for the operator (such as a fallback to local
+/// work) to `notes`.
+pub fn run(
+    cli: &Cli,
+    ctx: &Context,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+) -> Result<Exit, CliError> {
     match &cli.command {
         Command::Tune(Tune::Verify { profile, strict }) => {
-            let profile = profile::load(&profile.profile, &ctx.search)?;
+            let spec = match daemon::verify(cli, profile, *strict, out, notes)? {
+                daemon::Handled::Done(exit) => return Ok(exit),
+                daemon::Handled::Local(spec) => spec,
+            };
+            let profile = profile::load(&spec, &ctx.search)?;
             let units = observe_units(cli, ctx, &profile)?;
             let mut report = tuning::verify_with_units(&ctx.host, &profile, units.as_ref());
-            report.interrupted_apply = interrupted_apply(&ctx.state);
+            report.interrupted_apply = crate::rollback::journal::interrupted_apply(&ctx.state);
             match cli.output {
                 Output::Json => writeln!(out, "{}", report.to_json())?,
                 Output::Table => write!(out, "{}", report.to_table())?,
@@ -324,7 +431,11 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             Ok(verdict(&report, *strict))
         }
         Command::Tune(Tune::Apply { profile, dry_run }) => {
-            let profile = profile::load(&profile.profile, &ctx.search)?;
+            let spec = match daemon::apply(cli, profile, *dry_run, out, notes)? {
+                daemon::Handled::Done(exit) => return Ok(exit),
+                daemon::Handled::Local(spec) => spec,
+            };
+            let profile = profile::load(&spec, &ctx.search)?;
             if *dry_run {
                 let units = observe_units(cli, ctx, &profile)?;
                 let (plan, _) = apply::plan(&ctx.host, &profile, None, units.as_ref());
@@ -338,7 +449,10 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
             run_apply(cli, ctx, &profile, units, out)
         }
         Command::Tune(Tune::Rollback { force }) => {
-            let outcome = with_session(ctx, None, |s| apply::rollback(s, *force))?;
+            let outcome = match daemon::rollback(cli, *force, notes)? {
+                Some(outcome) => outcome,
+                None => with_session(ctx, None, |s| apply::rollback(s, *force))?,
+            };
             match cli.output {
                 Output::Json => json(out, &outcome)?,
                 Output::Table => write!(out, "{}", rollback_table(&outcome))?,
@@ -359,6 +473,9 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
         Command::Tune(Tune::Status) => status(cli.output, ctx, out),
         Command::Units(cmd) => block_on(units_cmd(cli, ctx, cmd, out)),
         Command::Platform(cmd) => block_on(platform_cmd(cli, ctx, *cmd, out)),
+        Command::Isolation(cmd) => isolation_cmd(cli, ctx, cmd, out),
+        Command::Daemon(DaemonCmd::Status) => daemon::status(cli, out),
+        Command::Enforce(cmd) => daemon::enforce(cli, cmd, out),
         Command::Tune(Tune::Show { profile }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
             match cli.output {
@@ -435,6 +552,69 @@ pub fn run(cli: &Cli, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliErr
                 }
             }
             Ok(Exit::Ok)
+        }
+    }
+}
+
+/// The profile's `[isolation]`, checked against this host's CPUs.
+fn isolation_of(ctx: &Context, profile: &Profile) -> Result<crate::profile::Isolation, CliError> {
+    let invalid = |msg: String| CliError {
+        code: Exit::Invalid,
+        error: anyhow::anyhow!("{}: {msg}", profile.source.display()),
+    };
+    let iso = profile
+        .settings
+        .isolation
+        .clone()
+        .ok_or_else(|| invalid("the profile has no [isolation] section".into()))?;
+    tuning::isolation::check_layout(&ctx.host, &iso).map_err(invalid)?;
+    Ok(iso)
+}
+
+fn isolation_cmd(
+    cli: &Cli,
+    ctx: &Context,
+    cmd: &IsolationCmd,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    use tuning::isolation::{cmdline, tasks};
+    match cmd {
+        IsolationCmd::Bootloader { profile, write } => {
+            let profile = profile::load(&profile.profile, &ctx.search)?;
+            let iso = isolation_of(ctx, &profile)?;
+            if *write {
+                let outcome = with_session(ctx, None, |s| {
+                    apply::apply(s, &profile, Some(&[crate::verify::Class::Cmdline]))
+                })?;
+                return print_apply(cli.output, &outcome, out);
+            }
+            let b = cmdline::bootloader(&ctx.host, &iso);
+            match cli.output {
+                Output::Json => json(out, &b)?,
+                Output::Table => cmdline::render(&b, out)?,
+            }
+            Ok(if b.reboot_needed {
+                Exit::Drift
+            } else {
+                Exit::Ok
+            })
+        }
+        IsolationCmd::Audit { profile } => {
+            let profile = profile::load(&profile.profile, &ctx.search)?;
+            let iso = isolation_of(ctx, &profile)?;
+            let audit = tasks::audit(&ctx.host, &iso).map_err(|e| CliError {
+                code: Exit::CannotRun,
+                error: anyhow::Error::new(e).context("failed to scan the tasks in /proc"),
+            })?;
+            match cli.output {
+                Output::Json => json(out, &audit)?,
+                Output::Table => tasks::render(&audit, out)?,
+            }
+            Ok(if audit.stray.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Drift
+            })
         }
     }
 }
@@ -676,26 +856,11 @@ fn observe_units(
             error: anyhow::anyhow!("{}: {e}", profile.source.display()),
         })?;
     }
-    let limits = profile.settings.limits.iter().any(|(d, items)| {
-        d.as_str() == "*"
-            && items
-                .keys()
-                .any(|i| tuning::units::systemd_limit(*i).is_some())
-    });
-    let engines = iso.map(|i| i.engine_units.clone()).unwrap_or_default();
-    if (!limits && engines.is_empty()) || !ctx.host.is_live() {
+    if !ctx.host.is_live() {
         return Ok(None);
     }
-    let mut names = if limits {
-        load_settings(cli)?.units.order
-    } else {
-        Vec::new()
-    };
-    for e in engines {
-        if !names.contains(&e) {
-            names.push(e);
-        }
-    }
+    let names =
+        tuning::units::units_to_observe(profile, || load_settings(cli).map(|s| s.units.order))?;
     if names.is_empty() {
         return Ok(None);
     }
@@ -767,6 +932,15 @@ fn run_apply(
         let fresh = observe_units(cli, ctx, profile)?;
         outcome.after = tuning::verify_with_units(&ctx.host, profile, fresh.as_ref());
     }
+    print_apply(output, &outcome, out)
+}
+
+/// Prints an apply's outcome; the exit code: 4 when a follow-up failed, else the verdict.
+fn print_apply(
+    output: Output,
+    outcome: &apply::ApplyOutcome,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
     match output {
         Output::Json => json(out, &outcome)?,
         Output::Table => {
@@ -774,17 +948,23 @@ fn run_apply(
                 writeln!(
                     out,
                     "note: the previous apply ({} by {}, {} of {} steps done) had been interrupted",
-                    run.profile,
-                    run.user,
-                    run.steps.iter().filter(|s| s.done).count(),
-                    run.steps.len()
+                    run.profile, run.user, run.steps_done, run.steps_total
                 )?;
             }
             if outcome.plan.is_empty() {
                 writeln!(out, "nothing to change")?;
             } else {
-                writeln!(out, "applied {} change(s):", outcome.plan.changes.len())?;
-                for c in &outcome.plan.changes {
+                writeln!(
+                    out,
+                    "applied {} change(s):",
+                    outcome.plan.changes.len() - outcome.refused.len()
+                )?;
+                for c in outcome
+                    .plan
+                    .changes
+                    .iter()
+                    .filter(|c| !outcome.refused.iter().any(|r| r.target == c.target))
+                {
                     writeln!(
                         out,
                         "  {}",
@@ -867,22 +1047,6 @@ fn rollback_table(o: &RollbackOutcome) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
-}
-
-/// The journal's last run when it never finished and no process holds the lock.
-fn interrupted_apply(state: &StateDir) -> Option<InterruptedApply> {
-    let journal = state.load().ok()?;
-    let run = journal.unfinished()?;
-    if state.holder().is_some() {
-        return None;
-    }
-    Some(InterruptedApply {
-        profile: run.profile.clone(),
-        started: run.started,
-        user: run.user.clone(),
-        steps_done: run.steps.iter().filter(|s| s.done).count(),
-        steps_total: run.steps.len(),
-    })
 }
 
 fn status(output: Output, ctx: &Context, out: &mut dyn Write) -> Result<Exit, CliError> {

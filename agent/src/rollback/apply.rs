@@ -117,6 +117,9 @@ pub enum ApplyError {
     State(#[from] StateError),
     #[error(transparent)]
     Failed(Box<ApplyFailure>),
+    /// Refused before anything changed.
+    #[error("apply refused, nothing was changed: {0}")]
+    Refused(String),
 }
 
 /// A write that failed midway, and what was done about the rest of the run.
@@ -159,9 +162,9 @@ fn restored_summary(restored: &[String], failures: &[String]) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyOutcome {
     pub plan: plan::Plan,
-    /// The previous apply, when it had been interrupted.
+    /// The previous apply, when it had been interrupted (as verify's `interrupted_apply`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted: Option<Run>,
+    pub interrupted: Option<crate::verify::InterruptedApply>,
     /// Verify after applying.
     pub after: Report,
     /// Set when unit drop-ins changed but systemd could not be reloaded.
@@ -221,7 +224,15 @@ pub fn plan_scope(
 
 /// Classes whose settings live only in the running kernel: a reboot loses them, so the daemon
 /// re-applies them at start (sysctl and limits persist in the agent's files instead).
-pub const RUNTIME_ONLY: &[Class] = &[Class::Cpu, Class::Memory, Class::Block, Class::Clocksource];
+/// Isolation is among them: IRQ affinities and workqueue masks reset at boot (its drop-ins
+/// persist, and are simply found right).
+pub const RUNTIME_ONLY: &[Class] = &[
+    Class::Cpu,
+    Class::Memory,
+    Class::Block,
+    Class::Clocksource,
+    Class::Isolation,
+];
 
 /// The daemon's entry point at start: re-applies the runtime-only settings of `profile`,
 /// journaled like any apply.
@@ -244,10 +255,22 @@ pub fn apply_scope(
     profile: &Profile,
     scope: Scope<'_>,
 ) -> Result<ApplyOutcome, ApplyError> {
+    apply_checked(s, profile, scope, &|_| Ok(()))
+}
+
+/// [`apply_scope`], refusing the plan before the first write when `check` says so (the daemon:
+/// a change that needs a capability it dropped).
+pub fn apply_checked(
+    s: &mut Session<'_>,
+    profile: &Profile,
+    scope: Scope<'_>,
+    check: &dyn Fn(&plan::Plan) -> Result<(), String>,
+) -> Result<ApplyOutcome, ApplyError> {
     let _lock = s.state.lock()?;
     let mut journal = s.state.load()?;
-    let interrupted = mark_interrupted(&mut journal);
+    let interrupted = mark_interrupted(&mut journal).as_ref().map(Run::summary);
     let (plan, _) = plan_scope(s.host, profile, scope, s.units.as_ref());
+    check(&plan).map_err(ApplyError::Refused)?;
     if plan.is_empty() {
         if interrupted.is_some() {
             // The host now matches: record a complete (empty) run, or the interrupted one

@@ -299,6 +299,35 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(StateDir::io("fsync", dir))
 }
 
+impl Run {
+    /// The run as the report's `interrupted_apply` shows it.
+    pub fn summary(&self) -> crate::verify::InterruptedApply {
+        crate::verify::InterruptedApply {
+            profile: self.profile.clone(),
+            started: self.started,
+            user: self.user.clone(),
+            steps_done: self.steps.iter().filter(|s| s.done).count(),
+            steps_total: self.steps.len(),
+        }
+    }
+}
+
+/// The journal's last run when it never finished and no process holds the lock.
+pub fn interrupted_apply(state: &StateDir) -> Option<crate::verify::InterruptedApply> {
+    let journal = state.load().ok()?;
+    let run = journal.unfinished()?;
+    if state.holder().is_some() {
+        return None;
+    }
+    Some(crate::verify::InterruptedApply {
+        profile: run.profile.clone(),
+        started: run.started,
+        user: run.user.clone(),
+        steps_done: run.steps.iter().filter(|s| s.done).count(),
+        steps_total: run.steps.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

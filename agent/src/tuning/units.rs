@@ -37,6 +37,31 @@ pub enum UnitsObserved {
     Failed(String),
 }
 
+/// The units verify must ask the bus about for `profile`: the managed units (`order`, asked for
+/// only when needed, since it comes from the settings) when the profile sets unit limits (the
+/// `*` domain), then the engine units of `[isolation]`.
+pub fn units_to_observe<E>(
+    profile: &crate::profile::Profile,
+    order: impl FnOnce() -> Result<Vec<crate::profile::types::UnitName>, E>,
+) -> Result<Vec<crate::profile::types::UnitName>, E> {
+    let limits =
+        profile.settings.limits.iter().any(|(d, items)| {
+            d.as_str() == "*" && items.keys().any(|i| systemd_limit(*i).is_some())
+        });
+    let mut names = if limits { order()? } else { Vec::new() };
+    let engines = profile
+        .settings
+        .isolation
+        .iter()
+        .flat_map(|i| &i.engine_units);
+    for e in engines {
+        if !names.contains(e) {
+            names.push(e.clone());
+        }
+    }
+    Ok(names)
+}
+
 /// A limits.conf item as systemd and /proc/PID/limits know it: directive, /proc row, and the
 /// factor from limits.conf's unit (KiB, minutes) to the kernel's (bytes, seconds).
 pub fn systemd_limit(item: LimitItem) -> Option<(&'static str, &'static str, u64)> {
