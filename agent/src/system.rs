@@ -29,6 +29,27 @@ pub trait SystemActions {
     fn update_bootloader(&mut self) -> Result<String, ActionError>;
 }
 
+/// Why a remount is refused in a private mount namespace.
+pub const PRIVATE_MOUNT_NAMESPACE: &str = "this process runs in its own mount namespace (node-agentd \
+     under ProtectSystem=), where a remount would change only its own view of the mount, not the \
+     host's; run `agentctl tune apply --local` (or `tune rollback --local`) as root instead";
+
+/// Whether this process's mount namespace differs from PID 1's. Read once: the daemon asks
+/// before it drops its capabilities (reading /proc/1/ns needs them); unreadable counts as
+/// private, so a remount is refused rather than done where the host does not see it.
+pub fn private_mount_namespace() -> bool {
+    static PRIVATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRIVATE.get_or_init(|| {
+        match (
+            std::fs::read_link("/proc/self/ns/mnt"),
+            std::fs::read_link("/proc/1/ns/mnt"),
+        ) {
+            (Ok(me), Ok(init)) => me != init,
+            _ => true,
+        }
+    })
+}
+
 /// Debian's and Ubuntu's script; RHEL uses grubby, which edits the entries itself.
 pub const UPDATE_GRUB: &str = "/usr/sbin/update-grub";
 
@@ -72,6 +93,12 @@ impl SystemActions for RealSystem {
     }
 
     fn remount(&mut self, path: &str, options: &str) -> Result<(), ActionError> {
+        if private_mount_namespace() {
+            return Err(ActionError {
+                action: format!("remount {path} with {options}"),
+                detail: PRIVATE_MOUNT_NAMESPACE.into(),
+            });
+        }
         run(
             format!("remount {path} with {options}"),
             Command::new("mount")

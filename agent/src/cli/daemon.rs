@@ -163,9 +163,19 @@ pub(super) fn apply(
     cli: &Cli,
     profile: &DaemonProfileArg,
     dry_run: bool,
+    local: bool,
     out: &mut dyn Write,
     notes: &mut dyn Write,
 ) -> Result<Handled, CliError> {
+    if local {
+        if cli.remote.is_some() {
+            return Err(invalid("--local and --remote exclude each other"));
+        }
+        return Ok(Handled::Local(match &profile.profile {
+            Some(p) => p.clone(),
+            None => configured_profile(cli)?,
+        }));
+    }
     let answer = block_on(async {
         let Some(mut c) = connect(cli).await? else {
             return Ok(None);
@@ -179,6 +189,19 @@ pub(super) fn apply(
                      agent.profile and reload it (systemctl reload node-agentd)"
                 ),
             });
+        }
+        // A dry run is a Plan: observers may ask for it (Apply needs the operator role).
+        if dry_run {
+            let r = c
+                .plan(pb::PlanRequest {
+                    classes: Vec::new(),
+                })
+                .await
+                .map_err(|s| rpc_error("plan through node-agentd", s))?;
+            return Ok(Some(pb::ApplyResponse {
+                plan: r.into_inner().plan,
+                ..Default::default()
+            }));
         }
         let r = c
             .apply(pb::ApplyRequest {

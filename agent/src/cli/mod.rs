@@ -196,6 +196,40 @@ pub enum Command {
     /// Pause or resume the daemon's enforce mode (so a manual change is not reverted).
     #[command(subcommand)]
     Enforce(EnforceCmd),
+    /// Certificates for trying mutual TLS: a test-fleet CA, a server and client certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Generate a CA, a server certificate and observer/operator client certificates into DIR
+    /// (keys 0600), and print the agent.toml settings and agentctl flags that use them.
+    ///
+    /// For test fleets: production certificates come from the firm's own PKI.
+    Generate {
+        /// Where to write the PEM files (created 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// DNS name or IP address of the server (repeatable; the first is also its CN).
+        #[arg(long = "server", value_name = "NAME", required = true)]
+        server_names: Vec<String>,
+        /// Client certificate common name with the observer role (repeatable).
+        #[arg(long = "observer", value_name = "CN")]
+        observers: Vec<String>,
+        /// Client certificate common name with the operator role (repeatable).
+        #[arg(long = "operator", value_name = "CN")]
+        operators: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = crate::certs::DEFAULT_DAYS)]
+        days: u32,
+        /// Replace files that exist.
+        #[arg(long)]
+        overwrite: bool,
+        /// The daemon's TCP address, for the printed settings.
+        #[arg(long, value_name = "ADDR", default_value = crate::certs::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +348,11 @@ pub enum Tune {
         /// Print the plan (`class key: current → target`) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply in this process even while node-agentd runs (remounts, which the daemon's
+        /// private mount namespace cannot do); the journal lock still allows one writer at a
+        /// time.
+        #[arg(long)]
+        local: bool,
     },
     /// Restore every value the agent changed, newest first, and remove the files it created.
     ///
@@ -324,6 +363,9 @@ pub enum Tune {
         /// Restore values even where someone else changed them since the agent set them.
         #[arg(long)]
         force: bool,
+        /// Roll back in this process even while node-agentd runs (see `tune apply --local`).
+        #[arg(long)]
+        local: bool,
     },
     /// Which profile is applied, when and by whom, and whether an apply was interrupted.
     Status,
@@ -430,8 +472,12 @@ pub fn run(
             }
             Ok(verdict(&report, *strict))
         }
-        Command::Tune(Tune::Apply { profile, dry_run }) => {
-            let spec = match daemon::apply(cli, profile, *dry_run, out, notes)? {
+        Command::Tune(Tune::Apply {
+            profile,
+            dry_run,
+            local,
+        }) => {
+            let spec = match daemon::apply(cli, profile, *dry_run, *local, out, notes)? {
                 daemon::Handled::Done(exit) => return Ok(exit),
                 daemon::Handled::Local(spec) => spec,
             };
@@ -448,8 +494,13 @@ pub fn run(
             let units = observe_units(cli, ctx, &profile)?;
             run_apply(cli, ctx, &profile, units, out)
         }
-        Command::Tune(Tune::Rollback { force }) => {
-            let outcome = match daemon::rollback(cli, *force, notes)? {
+        Command::Tune(Tune::Rollback { force, local }) => {
+            let answer = if *local {
+                None
+            } else {
+                daemon::rollback(cli, *force, notes)?
+            };
+            let outcome = match answer {
                 Some(outcome) => outcome,
                 None => with_session(ctx, None, |s| apply::rollback(s, *force))?,
             };
@@ -476,6 +527,36 @@ pub fn run(
         Command::Isolation(cmd) => isolation_cmd(cli, ctx, cmd, out),
         Command::Daemon(DaemonCmd::Status) => daemon::status(cli, out),
         Command::Enforce(cmd) => daemon::enforce(cli, cmd, out),
+        Command::Certs(CertsCmd::Generate {
+            dir,
+            server_names,
+            observers,
+            operators,
+            days,
+            overwrite,
+            listen,
+        }) => {
+            let mut req = crate::certs::Request::new(dir.clone(), server_names.clone());
+            req.observers = observers.clone();
+            req.operators = operators.clone();
+            req.days = *days;
+            req.overwrite = *overwrite;
+            let generated = crate::certs::generate(&req).map_err(|e| {
+                let code = match e {
+                    crate::certs::CertsError::Io { .. } => Exit::CannotRun,
+                    _ => Exit::Invalid,
+                };
+                CliError {
+                    code,
+                    error: e.into(),
+                }
+            })?;
+            match cli.output {
+                Output::Json => json(out, &generated)?,
+                Output::Table => write!(out, "{}", generated.summary_for(*listen))?,
+            }
+            Ok(Exit::Ok)
+        }
         Command::Tune(Tune::Show { profile }) => {
             let profile = profile::load(&profile.profile, &ctx.search)?;
             match cli.output {
@@ -1136,4 +1217,17 @@ fn unknown_sysctls(host: &HostRoot, profile: &profile::Profile) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (unique option names across global and local arguments,
+    /// valid defaults): otherwise they fire only when the subcommand is first used.
+    #[test]
+    fn the_command_line_model_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

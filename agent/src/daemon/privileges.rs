@@ -83,6 +83,14 @@ pub fn required_for(target: &Target) -> Option<Capability> {
 /// the capability: checked before the first write.
 pub fn check_plan(plan: &Plan) -> Result<(), String> {
     for c in &plan.changes {
+        if matches!(c.target, Target::Mount { .. }) && crate::system::private_mount_namespace() {
+            return Err(format!(
+                "{} {}: {}",
+                c.class.as_str(),
+                c.key,
+                crate::system::PRIVATE_MOUNT_NAMESPACE
+            ));
+        }
         let Some(cap) = required_for(&c.target) else {
             continue;
         };

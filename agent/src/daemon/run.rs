@@ -200,6 +200,12 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
         _ => None,
     };
 
+    // Needs the capabilities still: reading PID 1's namespace link.
+    if crate::system::private_mount_namespace() {
+        log::info!(
+            "running in a private mount namespace: remounts are left to `agentctl tune apply --local`"
+        );
+    }
     let keep = privileges::needed(&settings, &daemon.active().profile);
     if nix::unistd::geteuid().is_root() {
         privileges::drop_all_but(&keep).map_err(failed)?;
