@@ -6,8 +6,8 @@ use std::io::Write;
 use node_agent_proto::v1 as pb;
 
 use super::{
-    Cli, CliError, DaemonProfileArg, EnforceCmd, Exit, Output, block_on, json, load_settings,
-    print_apply, verdict,
+    Cli, CliError, DaemonProfileArg, EnforceCmd, Exit, Output, PlatformCmd, UnitsCmd, block_on,
+    json, load_settings, print_apply, print_platform, print_unit_statuses, step_line, verdict,
 };
 use crate::client::{self, ClientError};
 use crate::daemon::convert;
@@ -388,4 +388,122 @@ pub(super) fn enforce(cli: &Cli, cmd: &EnforceCmd, out: &mut dyn Write) -> Resul
         }
         Ok(Exit::Ok)
     })
+}
+
+/// `agentctl --remote … units …`: the remote daemon's managed units (its settings decide which).
+pub(super) fn units(cli: &Cli, cmd: &UnitsCmd, out: &mut dyn Write) -> Result<Exit, CliError> {
+    let (unit, action) = match cmd {
+        UnitsCmd::Status { units } => {
+            let all = block_on(async {
+                let mut c = connect(cli)
+                    .await?
+                    .ok_or_else(|| cannot_run(anyhow::anyhow!("no daemon")))?;
+                c.list_units(pb::ListUnitsRequest {})
+                    .await
+                    .map(|r| r.into_inner().units)
+                    .map_err(|s| rpc_error("units of the remote node-agentd", s))
+            })?;
+            let mut statuses: Vec<crate::units::UnitStatus> =
+                all.into_iter().map(Into::into).collect();
+            if !units.is_empty() {
+                let wanted: Vec<String> = units
+                    .iter()
+                    .map(|u| {
+                        convert::unit_name(u)
+                            .map(|n| n.to_string())
+                            .map_err(|s| invalid(s.message().to_owned()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if let Some(missing) = wanted
+                    .iter()
+                    .find(|w| !statuses.iter().any(|s| &s.unit == *w))
+                {
+                    return Err(invalid(format!(
+                        "{missing} is not managed by the remote node-agentd"
+                    )));
+                }
+                statuses.retain(|s| wanted.contains(&s.unit));
+            }
+            return print_unit_statuses(cli.output, &statuses, out);
+        }
+        UnitsCmd::Start { unit } => (unit, pb::UnitAction::Start),
+        UnitsCmd::Stop { unit } => (unit, pb::UnitAction::Stop),
+        UnitsCmd::Restart { unit } => (unit, pb::UnitAction::Restart),
+        UnitsCmd::Enable { unit } => (unit, pb::UnitAction::Enable),
+        UnitsCmd::Disable { unit } => (unit, pb::UnitAction::Disable),
+        UnitsCmd::Watch { .. } => {
+            return Err(invalid(
+                "units watch follows this host's bus only; run it on the host",
+            ));
+        }
+    };
+    let r = block_on(async {
+        let mut c = connect(cli)
+            .await?
+            .ok_or_else(|| cannot_run(anyhow::anyhow!("no daemon")))?;
+        c.control_unit(pb::ControlUnitRequest {
+            unit: unit.clone(),
+            action: action as i32,
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| {
+            rpc_error(
+                &format!("{} {unit} through node-agentd", action.as_str_name()),
+                s,
+            )
+        })
+    })?;
+    match r.step {
+        Some(step) => {
+            let step = crate::units::Step::from(step);
+            match cli.output {
+                Output::Json => json(out, &step)?,
+                Output::Table => writeln!(out, "{}", step_line(&step))?,
+            }
+            Ok(if step.succeeded() {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
+        }
+        None => {
+            let status = crate::units::UnitStatus::from(r.status.unwrap_or_default());
+            match cli.output {
+                Output::Json => json(
+                    out,
+                    &serde_json::json!({ "unit": status.unit, "unit_file_state": status.unit_file_state }),
+                )?,
+                Output::Table => writeln!(out, "{}: {}", status.unit, status.unit_file_state)?,
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// `agentctl --remote … platform stop|start`: the remote daemon runs the sequence.
+pub(super) fn platform(cli: &Cli, cmd: PlatformCmd, out: &mut dyn Write) -> Result<Exit, CliError> {
+    let report = block_on(async {
+        let mut c = connect(cli)
+            .await?
+            .ok_or_else(|| cannot_run(anyhow::anyhow!("no daemon")))?;
+        let r = match cmd {
+            PlatformCmd::Stop => c
+                .platform_stop(pb::PlatformStopRequest {})
+                .await
+                .map(|r| r.into_inner().report),
+            PlatformCmd::Start => c
+                .platform_start(pb::PlatformStartRequest {})
+                .await
+                .map(|r| r.into_inner().report),
+        };
+        r.map_err(|s| rpc_error("platform through node-agentd", s))
+    })?;
+    let report = crate::units::PlatformReport::from(report.unwrap_or_default());
+    if cli.output == Output::Table {
+        for step in &report.steps {
+            writeln!(out, "{}", step_line(step))?;
+        }
+    }
+    print_platform(cli.output, &report, out)
 }

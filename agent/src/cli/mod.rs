@@ -522,6 +522,8 @@ pub fn run(
             )
         }
         Command::Tune(Tune::Status) => status(cli.output, ctx, out),
+        Command::Units(cmd) if cli.remote.is_some() => daemon::units(cli, cmd, out),
+        Command::Platform(cmd) if cli.remote.is_some() => daemon::platform(cli, *cmd, out),
         Command::Units(cmd) => block_on(units_cmd(cli, ctx, cmd, out)),
         Command::Platform(cmd) => block_on(platform_cmd(cli, ctx, *cmd, out)),
         Command::Isolation(cmd) => isolation_cmd(cli, ctx, cmd, out),
@@ -789,41 +791,7 @@ async fn units_cmd(
                     .collect::<Result<Vec<_>, _>>()?
             };
             let statuses = units::status_all(&systemd, &names).await?;
-            match cli.output {
-                Output::Json => json(out, &statuses)?,
-                Output::Table => {
-                    writeln!(
-                        out,
-                        "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} MEMORY",
-                        "UNIT", "LOAD", "ACTIVE", "SUB", "PID", "SINCE", "CPUS"
-                    )?;
-                    for s in &statuses {
-                        writeln!(
-                            out,
-                            "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} {}",
-                            s.unit,
-                            s.load_state,
-                            s.active_state,
-                            s.sub_state,
-                            if s.main_pid == 0 {
-                                "-".into()
-                            } else {
-                                s.main_pid.to_string()
-                            },
-                            format_us(s.active_since_us),
-                            s.cpu_affinity.as_deref().unwrap_or("all"),
-                            s.memory_bytes
-                                .map_or("-".into(), |m| format!("{:.1} MiB", m as f64 / 1048576.0)),
-                        )?;
-                    }
-                }
-            }
-            // A managed unit that is not running is a finding for a monitoring script.
-            Ok(if statuses.iter().all(|s| s.active_state == "active") {
-                Exit::Ok
-            } else {
-                Exit::Drift
-            })
+            print_unit_statuses(cli.output, &statuses, out)
         }
         UnitsCmd::Watch { count } => {
             let mut events = systemd.watch(&units.order).await?;
@@ -887,8 +855,61 @@ async fn platform_cmd(
     if let Some(e) = write_err {
         return Err(e.into());
     }
-    match cli.output {
-        Output::Json => json(out, &report)?,
+    print_platform(cli.output, &report, out)
+}
+
+/// The units table (or JSON); exit 1 when a managed unit is not active (for monitoring).
+fn print_unit_statuses(
+    output: Output,
+    statuses: &[units::UnitStatus],
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    match output {
+        Output::Json => json(out, &statuses)?,
+        Output::Table => {
+            writeln!(
+                out,
+                "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} MEMORY",
+                "UNIT", "LOAD", "ACTIVE", "SUB", "PID", "SINCE", "CPUS"
+            )?;
+            for s in statuses {
+                writeln!(
+                    out,
+                    "{:<26} {:<9} {:<12} {:<10} {:>8} {:<23} {:<9} {}",
+                    s.unit,
+                    s.load_state,
+                    s.active_state,
+                    s.sub_state,
+                    if s.main_pid == 0 {
+                        "-".into()
+                    } else {
+                        s.main_pid.to_string()
+                    },
+                    format_us(s.active_since_us),
+                    s.cpu_affinity.as_deref().unwrap_or("all"),
+                    s.memory_bytes
+                        .map_or("-".into(), |m| format!("{:.1} MiB", m as f64 / 1048576.0)),
+                )?;
+            }
+        }
+    }
+    // A managed unit that is not running is a finding for a monitoring script.
+    Ok(if statuses.iter().all(|s| s.active_state == "active") {
+        Exit::Ok
+    } else {
+        Exit::Drift
+    })
+}
+
+/// The platform's summary line (steps were printed as they happened) or its JSON.
+fn print_platform(
+    output: Output,
+    report: &units::PlatformReport,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let op = report.op;
+    match output {
+        Output::Json => json(out, report)?,
         Output::Table => match &report.failed {
             None => writeln!(
                 out,

@@ -948,6 +948,48 @@ pub fn managed_unit(managed: &Units, raw: &str) -> Result<UnitName, RpcStatus> {
         .map_err(|e| RpcStatus::invalid_argument(format!("unit: {e}")))
 }
 
+/// A unit step the daemon ran, for agentctl `--remote` (unknown values: `Other`, and an action
+/// it does not know reads as start).
+impl From<pb::JobStep> for Step {
+    fn from(s: pb::JobStep) -> Step {
+        Step {
+            unit: s.unit,
+            op: job_op_from_proto(s.action),
+            result: match pb::JobResult::try_from(s.result) {
+                Ok(pb::JobResult::Done) => JobResult::Done,
+                Ok(pb::JobResult::Canceled) => JobResult::Canceled,
+                Ok(pb::JobResult::Timeout) => JobResult::Timeout,
+                Ok(pb::JobResult::Failed) => JobResult::Failed,
+                Ok(pb::JobResult::Dependency) => JobResult::Dependency,
+                Ok(pb::JobResult::Skipped) => JobResult::Skipped,
+                _ => JobResult::Other,
+            },
+            duration_ms: s.duration_ms,
+            active_state: s.active_state,
+            sub_state: s.sub_state,
+        }
+    }
+}
+
+fn job_op_from_proto(raw: i32) -> JobOp {
+    match pb::UnitAction::try_from(raw) {
+        Ok(pb::UnitAction::Stop) => JobOp::Stop,
+        Ok(pb::UnitAction::Restart) => JobOp::Restart,
+        _ => JobOp::Start,
+    }
+}
+
+impl From<pb::PlatformReport> for PlatformReport {
+    fn from(r: pb::PlatformReport) -> PlatformReport {
+        PlatformReport {
+            op: job_op_from_proto(r.action),
+            steps: r.steps.into_iter().map(Into::into).collect(),
+            failed: r.failed,
+            not_reached: r.not_reached,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
