@@ -20,7 +20,10 @@ fn text(b: &[u8]) -> String {
 /// A Debian-style host: GRUB reads /etc/default/grub.d.
 fn debian() -> FixtureHost {
     let fx = FixtureHost::tuned();
-    fx.write("/etc/default/grub.d/init-select.cfg", "# from grub-common\n");
+    fx.write(
+        "/etc/default/grub.d/init-select.cfg",
+        "# from grub-common\n",
+    );
     fx
 }
 
@@ -69,7 +72,9 @@ fn bootloader_write_journals_the_drop_in_and_rollback_removes_it() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("WARNING: failed to run update-grub: system calls act on the running machine"),
+        stdout.contains(
+            "WARNING: failed to run update-grub: system calls act on the running machine"
+        ),
         "{stdout}"
     );
     let written = std::fs::read_to_string(fx.real(DROP_IN)).unwrap();
@@ -153,7 +158,11 @@ fn audit_lists_a_task_pinned_to_an_isolated_cpu_and_exits_1() {
     assert_eq!(stray.len(), 1, "{json}");
     assert_eq!(
         (&stray[0]["pid"], &stray[0]["comm"], &stray[0]["affinity"]),
-        (&Json::from(955), &Json::from("taskset-sleep"), &Json::from("5"))
+        (
+            &Json::from(955),
+            &Json::from("taskset-sleep"),
+            &Json::from("5")
+        )
     );
     assert_eq!(stray[0]["unit"], "chronyd.service");
 
@@ -161,9 +170,9 @@ fn audit_lists_a_task_pinned_to_an_isolated_cpu_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let table = text(&out.stdout);
     assert!(
-        table
-            .lines()
-            .any(|l| l.contains("955") && l.contains("taskset-sleep") && l.contains("chronyd.service")),
+        table.lines().any(|l| l.contains("955")
+            && l.contains("taskset-sleep")
+            && l.contains("chronyd.service")),
         "{table}"
     );
 }

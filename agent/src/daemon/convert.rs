@@ -831,7 +831,6 @@ impl From<&PlatformReport> for pb::PlatformReport {
 // ---------------------------------------------------------------------------------------------
 // Drift
 
-/// `previous_actual` stays unset: [`DriftEvent`] does not carry the previous actual value.
 impl From<&DriftEvent> for pb::DriftEvent {
     fn from(e: &DriftEvent) -> pb::DriftEvent {
         pb::DriftEvent {
@@ -842,7 +841,7 @@ impl From<&DriftEvent> for pb::DriftEvent {
                 .previous
                 .map_or(pb::ItemStatus::Unspecified, pb::ItemStatus::from)
                 as i32,
-            previous_actual: None,
+            previous_actual: e.previous_actual.clone(),
         }
     }
 }
@@ -1616,6 +1615,7 @@ mod tests {
             transition: Transition::New,
             item: item.clone(),
             previous: None,
+            previous_actual: None,
             at: 1_700_000_000,
         };
         let msg = pb::DriftEvent::from(&new);
@@ -1639,9 +1639,11 @@ mod tests {
             let e = DriftEvent {
                 transition: t,
                 previous: Some(prev),
+                previous_actual: Some("59".into()),
                 ..new.clone()
             };
             let msg = pb::DriftEvent::from(&e);
+            assert_eq!(msg.previous_actual.as_deref(), Some("59"));
             assert_eq!(msg.transition(), p);
             assert_eq!(msg.previous_status(), pb::ItemStatus::from(prev));
         }

@@ -35,6 +35,8 @@ pub struct DriftEvent {
     pub item: Item,
     /// Its status before.
     pub previous: Option<Status>,
+    /// Its actual value before, when there was one.
+    pub previous_actual: Option<String>,
     /// Seconds since the epoch of the verify that saw it.
     pub at: u64,
 }
@@ -67,6 +69,7 @@ pub fn transitions(before: &[Item], after: &[Item], at: u64) -> Vec<DriftEvent> 
                 transition,
                 item: item.clone(),
                 previous: prev.map(|p| p.status),
+                previous_actual: prev.and_then(|p| p.actual.clone()),
                 at,
             });
         }
@@ -77,6 +80,7 @@ pub fn transitions(before: &[Item], after: &[Item], at: u64) -> Vec<DriftEvent> 
                 transition: Transition::Resolved,
                 item: item.clone(),
                 previous: Some(item.status),
+                previous_actual: item.actual.clone(),
                 at,
             });
         }
@@ -118,6 +122,15 @@ mod tests {
             .map(|e| (e.transition, e.item.key.as_str(), e.previous))
             .collect();
         assert!(events.iter().all(|e| e.at == 5));
+        let actuals: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.previous_actual.as_deref())
+            .collect();
+        assert_eq!(
+            actuals,
+            [Some("1"), Some("0"), Some("0"), None, Some("7")],
+            "the value before each transition"
+        );
         assert_eq!(
             got,
             vec![

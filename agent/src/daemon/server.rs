@@ -167,7 +167,24 @@ impl NodeAgent for Service {
             return Ok(Response::new(convert::dry_run_response(&plan)));
         }
         let caller = caller(&req);
-        let outcome = self.daemon.apply(&caller, scope).await.map_err(status_of)?;
+        let result = self.daemon.apply(&caller, scope.clone()).await;
+        // One record per call, whatever it changed (each change has its own record too).
+        self.daemon.audit(
+            &caller,
+            &format!(
+                "Apply ({scope:?}) through the API: {}",
+                match &result {
+                    Ok(o) => format!(
+                        "{} change(s), {} refused",
+                        o.plan.changes.len() - o.refused.len(),
+                        o.refused.len()
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ),
+            &[("NODE_AGENT_ACTION", "api-apply")],
+        );
+        let outcome = result.map_err(status_of)?;
         Ok(Response::new((&outcome).into()))
     }
 
@@ -176,11 +193,25 @@ impl NodeAgent for Service {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
         let caller = caller(&req);
-        let outcome = self
-            .daemon
-            .rollback(&caller, req.get_ref().force)
-            .await
-            .map_err(status_of)?;
+        let force = req.get_ref().force;
+        let result = self.daemon.rollback(&caller, force).await;
+        self.daemon.audit(
+            &caller,
+            &format!(
+                "Rollback (force {force}) through the API: {}",
+                match &result {
+                    Ok(o) => format!(
+                        "{} restored, {} left alone, {} failed",
+                        o.restored.len(),
+                        o.left_alone.len(),
+                        o.failed.len()
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ),
+            &[("NODE_AGENT_ACTION", "api-rollback")],
+        );
+        let outcome = result.map_err(status_of)?;
         Ok(Response::new((&outcome).into()))
     }
 
