@@ -82,25 +82,32 @@ pub fn required_for(target: &Target) -> Option<Capability> {
 /// Refuses a plan that needs a capability this process does not have, naming the change and
 /// the capability: checked before the first write.
 pub fn check_plan(plan: &Plan) -> Result<(), String> {
-    for c in &plan.changes {
-        if matches!(c.target, Target::Mount { .. }) && crate::system::private_mount_namespace() {
+    check_targets(
+        plan.changes
+            .iter()
+            .map(|c| (c.class.as_str(), c.key.as_str(), &c.target)),
+    )
+}
+
+/// [`check_plan`] for any changes (rollback checks the journal's entries the same way).
+pub fn check_targets<'t>(
+    targets: impl Iterator<Item = (&'t str, &'t str, &'t Target)>,
+) -> Result<(), String> {
+    for (class, key, target) in targets {
+        if matches!(target, Target::Mount { .. }) && crate::system::private_mount_namespace() {
             return Err(format!(
-                "{} {}: {}",
-                c.class.as_str(),
-                c.key,
+                "{class} {key}: {}",
                 crate::system::PRIVATE_MOUNT_NAMESPACE
             ));
         }
-        let Some(cap) = required_for(&c.target) else {
+        let Some(cap) = required_for(target) else {
             continue;
         };
         if !caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
             return Err(format!(
-                "{} {} needs {cap}, which node-agentd dropped at start (its profile then did \
-                 not need it); restart node-agentd so it keeps what the current profile needs, \
-                 or run `agentctl tune apply --profile …` as root without the daemon",
-                c.class.as_str(),
-                c.key
+                "{class} {key} needs {cap}, which node-agentd dropped at start (its profile then \
+                 did not need it); restart node-agentd so it keeps what the current profile \
+                 needs, or use `agentctl tune apply --local` / `tune rollback --local` as root"
             ));
         }
     }
@@ -150,5 +157,41 @@ mod tests {
             None
         );
         assert_eq!(required_for(&Target::ProcessAffinity { pid: 1 }), None);
+    }
+
+    /// Capabilities are per thread: a thread that lowers its own effective set sees the check
+    /// refuse a swap change (and still pass a sysctl), naming the capability.
+    #[test]
+    fn a_dropped_capability_refuses_before_anything_changes() {
+        std::thread::spawn(|| {
+            if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false) {
+                // Not root here: the refusal is the only possible answer.
+                assert!(check_targets([("memory", "memory.swap", &swap())].into_iter()).is_err());
+                return;
+            }
+            caps::drop(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap();
+            let sysctl = Target::KernelFile {
+                path: "/proc/sys/vm/swappiness".into(),
+            };
+            assert_eq!(
+                check_targets([("sysctl", "vm.swappiness", &sysctl)].into_iter()),
+                Ok(())
+            );
+            let err = check_targets([("memory", "memory.swap", &swap())].into_iter()).unwrap_err();
+            assert!(
+                err.starts_with(
+                    "memory memory.swap needs CAP_SYS_ADMIN, which node-agentd dropped"
+                ),
+                "{err}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn swap() -> Target {
+        Target::Swap {
+            device: "/swapfile".into(),
+        }
     }
 }

@@ -405,6 +405,15 @@ impl Daemon {
         force: bool,
     ) -> Result<RollbackOutcome, DaemonError> {
         let _writer = self.writer.lock().await;
+        // Refused before anything is restored when an entry needs what this daemon dropped.
+        let journal = self.env.state.load()?;
+        super::privileges::check_targets(
+            journal
+                .baseline
+                .iter()
+                .map(|e| (e.class.as_str(), e.key.as_str(), &e.target)),
+        )
+        .map_err(|e| DaemonError::Apply(ApplyError::Refused(e)))?;
         let env = self.env.clone();
         let caller = caller.clone();
         let handle = tokio::runtime::Handle::current();

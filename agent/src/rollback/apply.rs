@@ -118,7 +118,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Failed(Box<ApplyFailure>),
     /// Refused before anything changed.
-    #[error("apply refused, nothing was changed: {0}")]
+    #[error("refused before changing anything: {0}")]
     Refused(String),
 }
 
