@@ -26,16 +26,23 @@
 //! 4. B, C and D are stopped. Latency on A, one client: `BENCH_CALLS` (2000) rounds after
 //!    `BENCH_WARMUP` (100), each round one call of every case, in a rotating order so the VM's
 //!    noise falls on all of them: in-process `tuning::verify` of the same profile on the same
-//!    host, in-process the daemon's other work per Verify (journal check, report to
-//!    VerifyResponse, encoding), Verify / GetStatus / health Check over mTLS, Verify / GetStatus
-//!    over the Unix socket. Then `BENCH_CLIENTS` (64) clients, each its own connection, 10
-//!    warm-up calls each and then `BENCH_CLIENT_CALLS` (200) timed calls each, released
-//!    together, one case after another;
+//!    host; in-process `Daemon::verify_now` (what the Verify RPC runs: the managed units from
+//!    the bus when the profile needs them, verify on the blocking pool, journal check, drift
+//!    bookkeeping) on a runtime built as node-agentd's; in-process the rest of a Verify
+//!    (journal check, report to VerifyResponse, encoding); Verify / GetStatus / health Check
+//!    over mTLS; Verify / GetStatus over the Unix socket. Then `BENCH_CLIENTS` (64) clients,
+//!    each its own connection, 10 warm-up calls each and then `BENCH_CLIENT_CALLS` (200) timed
+//!    calls each, released together, one case after another;
 //! 5. A's memory after the latency phase.
 //!
-//! `NODE_AGENTD=PATH` picks another daemon binary. Needs nothing but the loopback interface and
-//! a writable /tmp; as root the daemon also drops its capabilities, as in production. Read-only
-//! for the host: observe mode, and trading-latency holds no PM QoS.
+//! `NODE_AGENTD=PATH` picks another daemon binary. `BENCH_SYSTEM_BUS=ADDRESS` points the
+//! daemons (and the in-process one) at a system bus with systemd, e.g. an nspawn container's
+//! (`unix:path=.../system_bus_socket`); by default they use the host's, which a host without
+//! systemd does not have (the units are then reported without a bus round trip).
+//!
+//! Needs nothing but the loopback interface and a writable temporary directory; as root the
+//! daemon also drops its capabilities, as in production. Read-only for the host: observe mode,
+//! and trading-latency holds no PM QoS.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -52,9 +59,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use node_agent::certs;
 use node_agent::client::{self, Daemon as Target};
+use node_agent::daemon::service::{Daemon, Env};
 use node_agent::host::HostRoot;
 use node_agent::profile::{self, SearchPath};
 use node_agent::rollback::journal::{self, StateDir};
+use node_agent::settings::Settings;
 use node_agent::tuning;
 use node_agent_proto::v1 as pb;
 use prost::Message as _;
@@ -103,6 +112,9 @@ struct Config {
     client_calls: usize,
     daemon_bin: PathBuf,
     repo: PathBuf,
+    /// `BENCH_SYSTEM_BUS`: the system bus the daemons ask about the managed units (e.g. an
+    /// nspawn container's); unset: the default, absent on a host without systemd.
+    bus: Option<String>,
 }
 
 impl Config {
@@ -123,6 +135,9 @@ impl Config {
             client_calls: env_num("BENCH_CLIENT_CALLS", 200),
             daemon_bin,
             repo,
+            bus: std::env::var("BENCH_SYSTEM_BUS")
+                .ok()
+                .filter(|b| !b.is_empty()),
         }
     }
 }
@@ -347,6 +362,26 @@ fn cpu(pid: i32) -> Cpu {
     }
 }
 
+/// The whole machine's busy and total ticks so far (/proc/stat: user nice system idle iowait
+/// irq softirq steal).
+fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if v.len() < 8 {
+        return (0, 0);
+    }
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    (busy, busy + v[3] + v[4])
+}
+
 fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -379,6 +414,19 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Processes named `comm` (other builds on this shared VM).
+fn count_comm(comm: &str) -> usize {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn date() -> String {
@@ -658,6 +706,10 @@ fn start_daemon(
         .env("NODE_AGENT_STATE_DIR", spec.dir.join("state"))
         .env_remove("NODE_AGENT_HOST_ROOT")
         .env_remove("NODE_AGENT_SETTINGS");
+    match &cfg.bus {
+        Some(bus) => cmd.env(node_agent::units::SYSTEM_BUS_ENV, bus),
+        None => cmd.env_remove(node_agent::units::SYSTEM_BUS_ENV),
+    };
     Proc::spawn(spec.name, cmd, spec.dir.join("stderr.log"))
 }
 
@@ -704,6 +756,7 @@ fn run() {
     let floor_spec = floor.to_str().expect("a UTF-8 path").to_owned();
 
     let load_start = loadavg();
+    let rustc_start = count_comm("rustc");
     eprintln!(
         "starting A, B, C, D (idle {:?}, CPU {:?})",
         cfg.idle, cfg.cpu
@@ -750,9 +803,13 @@ fn run() {
 
     // Phase 2: CPU, no clients.
     eprintln!("idle memory read; CPU window of {:?}", cfg.cpu);
+    let machine0 = machine_ticks();
     let cpu0: Vec<Cpu> = pids.iter().map(|p| cpu(*p)).collect();
     std::thread::sleep(cfg.cpu);
     let cpu1: Vec<Cpu> = pids.iter().map(|p| cpu(*p)).collect();
+    let machine1 = machine_ticks();
+    let machine_busy =
+        (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64 * 100.0;
     for p in [&mut a, &mut b, &mut c, &mut d] {
         p.check_alive();
     }
@@ -799,10 +856,39 @@ fn run() {
     let search = SearchPath::new(vec![cfg.repo.join("tuning-profiles")]);
     let profile = profile::load("trading-latency", &search).expect("load trading-latency");
     let host = HostRoot::default();
-    let state = StateDir::new(specs[0].dir.join("state"));
-    let report = tuning::verify(&host, &profile);
-    let items = report.items.len();
+    let items = tuning::verify(&host, &profile).items.len();
+
+    // The daemon's own verify path in this process (`Daemon::verify_now`: the units on the
+    // bus when the profile needs them, verify on the blocking pool, the journal check, drift
+    // bookkeeping), on a runtime built as node-agentd builds its own, with A's settings and
+    // its own state directory.
+    let local_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+        .expect("a runtime");
+    let local_dir = root.join("E");
+    fs::create_dir_all(local_dir.join("state")).expect("create a state directory");
+    let settings_path = specs[0].dir.join("agent.toml");
+    let local = Daemon::new(
+        Env {
+            host: host.clone(),
+            search: search.clone(),
+            state: StateDir::new(local_dir.join("state")),
+            bus: cfg
+                .bus
+                .clone()
+                .unwrap_or_else(|| node_agent::units::DEFAULT_SYSTEM_BUS.to_owned()),
+        },
+        settings_path.clone(),
+        Settings::load(&settings_path, true).expect("A's settings"),
+    )
+    .expect("an in-process daemon");
+    let verified = local_rt.block_on(local.verify_now()).expect("verify_now");
+    let report = verified.report.clone();
+    let daemon_items = report.items.len();
     let drift = report.summary.drift;
+    let state = StateDir::new(specs[0].dir.join("state"));
 
     let rpcs = [
         Rpc::Verify(Via::Tls),
@@ -812,40 +898,42 @@ fn run() {
         Rpc::Status(Via::Unix),
     ];
     const IN_VERIFY: usize = 5;
-    const IN_CONVERT: usize = 6;
-    let cases = rpcs.len() + 2;
-    let (sequential, sizes) = runtime.block_on(async {
-        let mut conns = Vec::new();
-        for rpc in rpcs {
-            conns.push(connect(&targets, rpc).await);
-        }
-        let mut sizes = [0usize; 5];
-        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(cfg.calls); cases];
-        for round in 0..cfg.warmup + cfg.calls {
-            for k in 0..cases {
-                let case = (round + k) % cases;
-                let t = Instant::now();
-                match case {
-                    IN_VERIFY => {
-                        black_box(tuning::verify(black_box(&host), black_box(&profile)));
-                    }
-                    IN_CONVERT => {
-                        black_box(journal::interrupted_apply(&state));
-                        let resp = pb::VerifyResponse {
-                            report: Some(black_box(&report).into()),
-                        };
-                        black_box(resp.encode_to_vec());
-                    }
-                    i => sizes[i] = call(&mut conns[i], rpcs[i]).await,
+    const IN_DAEMON: usize = 6;
+    const IN_CONVERT: usize = 7;
+    let cases = rpcs.len() + 3;
+    let mut conns = Vec::new();
+    for rpc in rpcs {
+        conns.push(runtime.block_on(connect(&targets, rpc)));
+    }
+    let mut sizes = [0usize; 5];
+    let mut sequential: Vec<Vec<Duration>> = vec![Vec::with_capacity(cfg.calls); cases];
+    for round in 0..cfg.warmup + cfg.calls {
+        for k in 0..cases {
+            let case = (round + k) % cases;
+            let t = Instant::now();
+            match case {
+                IN_VERIFY => {
+                    black_box(tuning::verify(black_box(&host), black_box(&profile)));
                 }
-                let took = t.elapsed();
-                if round >= cfg.warmup {
-                    samples[case].push(took);
+                IN_DAEMON => {
+                    black_box(local_rt.block_on(local.verify_now()).expect("verify_now"));
                 }
+                IN_CONVERT => {
+                    black_box(journal::interrupted_apply(&state));
+                    let resp = pb::VerifyResponse {
+                        report: Some(black_box(report.as_ref()).into()),
+                    };
+                    black_box(resp.encode_to_vec());
+                }
+                i => sizes[i] = runtime.block_on(call(&mut conns[i], rpcs[i])),
+            }
+            let took = t.elapsed();
+            if round >= cfg.warmup {
+                sequential[case].push(took);
             }
         }
-        (samples, sizes)
-    });
+    }
+    drop(conns);
     let mut seq_stats: Vec<Stats> = sequential.into_iter().map(stats).collect();
 
     let mut conc = Vec::new();
@@ -868,6 +956,7 @@ fn run() {
     let after_mem = mem(a.pid());
     a.stop();
     let load_end = loadavg();
+    let rustc_end = count_comm("rustc");
 
     // ---- Report ---------------------------------------------------------------------------
     let ticks = clock_ticks();
@@ -890,9 +979,17 @@ fn run() {
         std::env::current_exe().map_or_else(|_| "?".into(), |p| file_size(&p)),
     );
     println!(
-        "- trading-latency on this host: {items} items, {drift} drift; Verify response {} bytes, \
-         GetStatus response {} bytes, health response {} bytes\n",
+        "- trading-latency on this host: {items} items from `tuning::verify`, {daemon_items} \
+         from the daemon (with the managed units), {drift} drift; Verify response {} bytes, \
+         GetStatus response {} bytes, health response {} bytes",
         sizes[0], sizes[1], sizes[2]
+    );
+    println!(
+        "- system bus for the units: {}; rustc processes running at start / end: {rustc_start} \
+         / {rustc_end}\n",
+        cfg.bus
+            .as_deref()
+            .unwrap_or("default (none on a host without systemd)"),
     );
 
     println!(
@@ -953,6 +1050,10 @@ fn run() {
             dns as f64 / 1e9 / wall * 100.0
         );
     }
+    println!(
+        "\nThe whole machine was {machine_busy:.1} % busy (all CPUs, /proc/stat) during this \
+         window: other work on the VM."
+    );
 
     println!(
         "\n### Latency, one client (A, trading-latency; {} rounds after {} warm-up, cases \
@@ -961,10 +1062,16 @@ fn run() {
     );
     latency_header();
     let in_convert = seq_stats.pop().expect("convert");
+    let in_daemon = seq_stats.pop().expect("verify_now");
     let in_verify = seq_stats.pop().expect("verify");
     latency_row(
         &format!("in-process `tuning::verify` ({items} items)"),
         &in_verify,
+        "",
+    );
+    latency_row(
+        &format!("in-process `Daemon::verify_now` ({daemon_items} items)"),
+        &in_daemon,
         "",
     );
     latency_row(

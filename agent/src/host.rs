@@ -227,6 +227,16 @@ impl HostRoot {
             .and_then(|p| std::fs::metadata(p).ok())
             .is_some_and(|m| m.permissions().mode() & 0o222 == 0)
     }
+
+    /// Whether `host_path` is on a read-only mount (a container's /proc/irq and /sys, which
+    /// belong to the host): nothing there can be changed from here.
+    pub fn on_read_only_mount(&self, host_path: &str) -> bool {
+        use nix::sys::statvfs::{FsFlags, statvfs};
+        self.path(host_path)
+            .ok()
+            .and_then(|p| statvfs(&p).ok())
+            .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
+    }
 }
 
 /// A fixture's managed IRQ: the kernel creates a managed IRQ's `smp_affinity` and

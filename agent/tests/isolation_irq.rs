@@ -10,6 +10,8 @@
 //! files read-only (0444), as the kernel creates them, which verify finds with a stat (the
 //! fixture root's kernel-file writer would answer EPERM as the kernel does, measured on 6.18).
 
+#[path = "support/real.rs"]
+mod real;
 mod support;
 
 use std::cell::{Cell, RefCell};
@@ -1280,4 +1282,68 @@ fn irqbalance_without_any_config_file_gets_one_created_and_removed() {
     rollback(&fx, &ops);
     assert!(!fx.real("/etc/default/irqbalance").exists());
     assert_eq!(ops.restarts.borrow().len(), 2);
+}
+
+/// A read-only bind mount of the fixture's directory, undone on drop (by its path, which the
+/// test created).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(dir: PathBuf) -> ReadOnlyMount {
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount {args:?}");
+        };
+        let d = dir.to_str().unwrap();
+        run(&["--bind", d, d]);
+        let guard = ReadOnlyMount(dir.clone());
+        run(&["-o", "remount,bind,ro", d]);
+        guard
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// In a container /proc/irq and /sys are the host's, mounted read-only: one unsupported item
+/// each, nothing planned (apply would otherwise stop at the first IRQ with EROFS). Needs root
+/// for the bind mounts.
+#[test]
+fn read_only_irq_and_workqueue_mounts_are_unsupported_and_not_planned() {
+    if !real::enabled("read_only_irq_and_workqueue_mounts_are_unsupported_and_not_planned") {
+        return;
+    }
+    let fx = host_with_irqs();
+    let p = load(&fx, LAYOUT);
+    let _irq = ReadOnlyMount::new(fx.real("/proc/irq"));
+    let _wq = ReadOnlyMount::new(fx.real(WQ));
+    let report = verify(&fx, &p);
+    for key in ["isolation.irq", "isolation.workqueue"] {
+        let i = item(&report, key);
+        assert_eq!(
+            (i.status, i.reason.as_deref()),
+            (
+                Status::Unsupported,
+                Some("mounted read-only here (a container): the host's to set, not this system's")
+            ),
+            "{i:?}"
+        );
+    }
+    assert_eq!(keys(&report, "isolation.irq."), Vec::<String>::new());
+    assert_eq!(keys(&report, "isolation.workqueue."), Vec::<String>::new());
+    let (plan, _) = apply::plan(&fx.host(), &p, None, None);
+    assert!(
+        !plan
+            .changes
+            .iter()
+            .any(|c| c.key.starts_with("isolation.irq") || c.key.starts_with("isolation.workqueue")),
+        "{:#?}",
+        plan.changes
+    );
 }

@@ -347,6 +347,11 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
                             daemon.active().profile.name,
                             &daemon.active().hash[..12]
                         );
+                        // Verify the profile now in effect at once: until the next round, the
+                        // status would pair it with the previous profile's report.
+                        if let Err(e) = daemon.verify_now().await {
+                            log::error!("verify after SIGHUP failed: {e}");
+                        }
                     }
                     Err(e) => log::error!("SIGHUP: settings refused, the old ones stay: {e}"),
                 }

@@ -113,6 +113,8 @@ impl Active {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub report: Arc<Report>,
+    /// The hash of the profile it verified (a SIGHUP may have changed the profile since).
+    pub profile_hash: String,
     /// Seconds since the epoch.
     pub at: u64,
     pub took: Duration,
@@ -183,8 +185,15 @@ impl Daemon {
         self.active.load_full()
     }
 
+    /// The last verify of the profile now active (`None` right after a SIGHUP changed the
+    /// profile, until its first verify: never another profile's result).
     pub fn last(&self) -> Option<Verified> {
-        self.last.read().ok().and_then(|l| l.clone())
+        let hash = self.active().hash.clone();
+        self.last
+            .read()
+            .ok()
+            .and_then(|l| l.clone())
+            .filter(|v| v.profile_hash == hash)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<DriftEvent> {
@@ -225,6 +234,7 @@ impl Daemon {
     /// Reads the host afresh, records the result and sends its drift transitions.
     pub async fn verify_now(&self) -> Result<Verified, DaemonError> {
         let active = self.active();
+        let hash = active.hash.clone();
         let units = self.observe_units(&active.profile).await;
         let host = self.env.host.clone();
         let state = self.env.state.clone();
@@ -238,6 +248,7 @@ impl Daemon {
         .map_err(|e| DaemonError::Internal(format!("verify task failed: {e}")))?;
         let verified = Verified {
             report: Arc::new(report),
+            profile_hash: hash,
             at: now(),
             took: started.elapsed(),
         };

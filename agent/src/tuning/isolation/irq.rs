@@ -19,6 +19,9 @@ use crate::tuning::{fix_file, read_failure};
 use crate::verify::{Class, Item, Status, format_time};
 
 pub const IRQ_DIR: &str = "/proc/irq";
+/// The reason for kernel settings on a read-only mount.
+pub(super) const READ_ONLY_HERE: &str =
+    "mounted read-only here (a container): the host's to set, not this system's";
 pub const DEFAULT_AFFINITY: &str = "/proc/irq/default_smp_affinity";
 pub const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
 
@@ -59,6 +62,15 @@ fn verify_irqs(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) -> bool {
             return false;
         }
     };
+    if host.on_read_only_mount(IRQ_DIR) {
+        out.push(
+            Item::new(Class::Isolation, "isolation.irq", &expected)
+                .path(IRQ_DIR)
+                .status(Status::Unsupported)
+                .reason(READ_ONLY_HERE),
+        );
+        return false;
+    }
     let mut irqs: Vec<u32> = names
         .iter()
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))

@@ -38,6 +38,15 @@ pub fn verify(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) {
             return;
         }
     };
+    if host.on_read_only_mount(WORKQUEUE_DIR) {
+        out.push(
+            Item::new(Class::Isolation, "isolation.workqueue", hk.to_string())
+                .path(WORKQUEUE_DIR)
+                .status(Status::Unsupported)
+                .reason(super::irq::READ_ONLY_HERE),
+        );
+        return;
+    }
     let nr = nr_cpu_ids(host);
     check(
         host,
