@@ -1021,9 +1021,89 @@ async fn watch_drift_reports_a_sysctl_changed_on_the_real_kernel() {
     assert_eq!(item.status, pb::ItemStatus::Pass as i32);
     assert_eq!(item.actual.as_deref(), Some(current.as_str()));
     assert_eq!(e.previous_status, pb::ItemStatus::Drift as i32);
-    // previous_actual (docs/API.md: "the actual value before, when there was one") is not
-    // checked: the daemon's DriftEvent does not carry it, so it is always unset (reported).
+    assert_eq!(e.previous_actual.as_deref(), Some(other.as_str()));
     drop(stream);
+}
+
+/// `apply_on_start`: the profile is applied before the daemon answers (READY), so units
+/// ordered after node-agentd start on a tuned host; audited as the daemon's own apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_on_start_tunes_the_host_before_the_daemon_answers() {
+    if !real::enabled("apply_on_start_tunes_the_host_before_the_daemon_answers") {
+        return;
+    }
+    let _lock = real::tier_lock();
+    let _guard = real::Guard::take();
+    let current = read_sysctl(KNOB);
+    let other = other_value(&current);
+    let setup = Setup::new();
+    let profile = setup.profile(
+        "e2e-start",
+        &format!("[profile]\nname = \"e2e-start\"\n\n[sysctl]\n\"{KNOB}\" = {other}\n"),
+    );
+    let opts = Opts::observe(&profile);
+    let mut text = setup.settings_text(&opts, None);
+    text = text.replace(
+        "mode = \"observe\"\n",
+        "mode = \"observe\"\napply_on_start = true\n",
+    );
+    assert!(text.contains("apply_on_start = true"), "{text}");
+    setup.write_settings(&text);
+    let mut daemon = setup.spawn(None);
+    daemon.wait_ready().await.expect("node-agentd starts");
+    // Ready means applied: no waiting for a verify round.
+    assert_eq!(read_sysctl(KNOB), other);
+    let mut c = daemon.unix().await;
+    let s = status(&mut c).await;
+    assert_eq!(s.summary.map(|x| x.drift), Some(0), "{s:?}");
+    let records = setup.audit_records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["user"] == "node-agentd (apply_on_start)"
+                && r["fields"]["NODE_AGENT_KEY"] == KNOB
+                && r["fields"]["NODE_AGENT_AFTER"] == other.as_str()),
+        "{records:#?}"
+    );
+    drop(c);
+    drop(daemon);
+    // The guard restores the sysctl and removes the agent's sysctl.d file.
+}
+
+/// The PM QoS hold: while the daemon runs, /dev/cpu_dma_latency reads the profile's value
+/// (the kernel keeps the request while the file is open); when it stops, the default again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_holds_pm_qos_at_the_profile_value_while_it_runs() {
+    if !real::enabled("the_daemon_holds_pm_qos_at_the_profile_value_while_it_runs") {
+        return;
+    }
+    let read_qos = || -> i32 {
+        let b = std::fs::read("/dev/cpu_dma_latency").expect("read /dev/cpu_dma_latency");
+        i32::from_ne_bytes(b[..4].try_into().unwrap())
+    };
+    let before = read_qos();
+    let setup = Setup::new();
+    let profile = setup.profile(
+        "e2e-qos",
+        "[profile]\nname = \"e2e-qos\"\n\n[cpu]\npm_qos_latency_us = 7\n",
+    );
+    let daemon = setup.start(&Opts::observe(&profile)).await;
+    assert_eq!(read_qos(), 7, "held while the daemon runs");
+    let mut c = daemon.unix().await;
+    let report = c
+        .verify(pb::VerifyRequest {})
+        .await
+        .expect("Verify")
+        .into_inner()
+        .report
+        .expect("report");
+    assert_eq!(
+        statuses_of(&report).get("cpu.pm_qos_latency_us"),
+        Some(&pb::ItemStatus::Pass)
+    );
+    drop(c);
+    drop(daemon);
+    assert_eq!(read_qos(), before, "released when the daemon ends");
 }
 
 fn enforce_records(setup: &Setup) -> Vec<serde_json::Value> {

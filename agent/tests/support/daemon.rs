@@ -468,7 +468,7 @@ impl Running {
         u64::from_str_radix(&mask, 16).is_ok_and(|m| m & (1 << (libc_sighup() - 1)) != 0)
     }
 
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if !self.alive() {
