@@ -35,17 +35,29 @@ pub const PRIVATE_MOUNT_NAMESPACE: &str = "this process runs in its own mount na
      host's; run `agentctl tune apply --local` (or `tune rollback --local`) as root instead";
 
 /// Whether this process's mount namespace differs from PID 1's. Read once: the daemon asks
-/// before it drops its capabilities (reading /proc/1/ns needs them); unreadable counts as
-/// private, so a remount is refused rather than done where the host does not see it.
+/// before it drops its capabilities (reading /proc/1/ns needs them). Where the namespace links
+/// cannot be read (some sandboxes refuse even root), the id of the root mount in each
+/// mountinfo tells: a new mount namespace numbers its copies of the mounts afresh.
 pub fn private_mount_namespace() -> bool {
     static PRIVATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PRIVATE.get_or_init(|| {
-        match (
+        if let (Ok(me), Ok(init)) = (
             std::fs::read_link("/proc/self/ns/mnt"),
             std::fs::read_link("/proc/1/ns/mnt"),
         ) {
-            (Ok(me), Ok(init)) => me != init,
-            _ => true,
+            return me != init;
+        }
+        let root_mount_id = |pid: &str| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+            text.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(4) == Some(&"/")).then(|| f[0].to_owned())
+            })
+        };
+        match (root_mount_id("self"), root_mount_id("1")) {
+            (Some(me), Some(init)) => me != init,
+            // Nothing to compare: as before this check existed, the remount goes ahead.
+            _ => false,
         }
     })
 }
