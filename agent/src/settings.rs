@@ -895,12 +895,12 @@ impl fmt::Display for CommonName {
 }
 via_str!(CommonName, "a certificate common name");
 
-/// What a TCP client may do.
+/// What a caller may do. Ordered: an operator may do everything an observer may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// Status, verify, drift stream, units list, health.
+    /// Reads: status, verify, drift stream, plan, units list, health, reflection.
     Observer,
-    /// Also plan, apply, rollback, unit control, platform stop/start.
+    /// Also the mutations: apply, rollback, unit control, platform stop/start, enforce pause.
     Operator,
 }
 
@@ -910,6 +910,17 @@ impl Role {
             Role::Observer => "observer",
             Role::Operator => "operator",
         }
+    }
+
+    /// Whether this role may call a method that needs `required`.
+    pub fn allows(self, required: Role) -> bool {
+        self >= required
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

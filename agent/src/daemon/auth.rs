@@ -48,34 +48,8 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tower::{Layer, Service};
 
-/// What a caller may do. Ordered: an operator may do everything an observer may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Reads: status, verify, drift stream, plan, units list, health, reflection.
-    Observer,
-    /// Also the mutations: apply, rollback, unit control, platform stop/start, enforce pause.
-    Operator,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Observer => "observer",
-            Role::Operator => "operator",
-        }
-    }
-
-    /// Whether this role may call a method that needs `required`.
-    pub fn allows(self, required: Role) -> bool {
-        self >= required
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Roles are the settings' (`[roles]`): one type for the file and the layer.
+pub use crate::settings::Role;
 
 /// Who called, as audit records name them: `uid 1000 (alice)`, `cert CN=collector.example`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

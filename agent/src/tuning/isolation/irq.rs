@@ -128,21 +128,43 @@ fn verify_irqs(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) -> bool {
 }
 
 fn verify_default(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) {
-    let hk = &iso.housekeeping_cpus;
-    let item = Item::new(
-        Class::Isolation,
-        "isolation.irq.default_smp_affinity",
-        hk.to_string(),
-    )
-    .path(DEFAULT_AFFINITY);
-    let raw = match host.read_value(DEFAULT_AFFINITY) {
+    check_mask(
+        host,
+        &iso.housekeeping_cpus,
+        nr_cpu_ids(host),
+        MaskFile {
+            key: "isolation.irq.default_smp_affinity".into(),
+            path: DEFAULT_AFFINITY,
+            absent_means: "this kernel has no default_smp_affinity",
+            outside_means: "new IRQs would start on",
+        },
+        out,
+    );
+}
+
+/// A kernel CPU-mask file that must stay within housekeeping.
+pub(super) struct MaskFile<'a> {
+    pub key: String,
+    pub path: &'a str,
+    pub absent_means: &'a str,
+    /// Completes "… CPU N outside housekeeping".
+    pub outside_means: &'a str,
+}
+
+/// Checks a mask file (`default_smp_affinity`, workqueue `cpumask`): within housekeeping
+/// passes; otherwise drift with a fix writing the housekeeping mask as wide as nr_cpu_ids.
+pub(super) fn check_mask(
+    host: &HostRoot,
+    hk: &CpuList,
+    nr: Result<u32, String>,
+    f: MaskFile<'_>,
+    out: &mut Vec<Item>,
+) {
+    let item = Item::new(Class::Isolation, f.key, hk.to_string()).path(f.path);
+    let raw = match host.read_value(f.path) {
         Ok(r) => r,
         Err(e) => {
-            out.push(read_failure(
-                item,
-                &e,
-                "this kernel has no default_smp_affinity",
-            ));
+            out.push(read_failure(item, &e, f.absent_means));
             return;
         }
     };
@@ -158,13 +180,14 @@ fn verify_default(host: &HostRoot, iso: &Isolation, out: &mut Vec<Item>) {
         out.push(item);
         return;
     }
-    match nr_cpu_ids(host) {
+    match nr {
         Ok(nr) => {
             let item = item.status(Status::Drift).reason(format!(
-                "new IRQs would start on CPU {} outside housekeeping (mask {raw})",
+                "{} CPU {} outside housekeeping (mask {raw})",
+                f.outside_means,
                 outside(&cpus, hk)
             ));
-            out.push(fix_file(item, DEFAULT_AFFINITY, &raw, &hk.to_mask(nr)));
+            out.push(fix_file(item, f.path, &raw, &hk.to_mask(nr)));
         }
         Err(e) => out.push(
             item.status(Status::Error)

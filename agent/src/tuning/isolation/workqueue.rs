@@ -16,10 +16,10 @@
 use crate::host::HostRoot;
 use crate::profile::Isolation;
 use crate::profile::types::CpuList;
-use crate::tuning::{fix_file, read_failure};
+use crate::tuning::read_failure;
 use crate::verify::{Class, Item, Status};
 
-use super::irq::{nr_cpu_ids, outside};
+use super::irq::{MaskFile, check_mask, nr_cpu_ids};
 
 pub const WORKQUEUE_DIR: &str = "/sys/devices/virtual/workqueue";
 
@@ -82,37 +82,16 @@ fn check(
     path: &str,
     out: &mut Vec<Item>,
 ) {
-    let item = Item::new(Class::Isolation, key, hk.to_string()).path(path);
-    let raw = match host.read_value(path) {
-        Ok(r) => r,
-        Err(e) => {
-            out.push(read_failure(item, &e, "no such workqueue cpumask here"));
-            return;
-        }
-    };
-    let cpus = match CpuList::parse_mask(&raw) {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(item.actual(raw).status(Status::Error).reason(e));
-            return;
-        }
-    };
-    let item = item.actual(cpus.to_string());
-    if cpus.is_subset(hk) {
-        out.push(item);
-        return;
-    }
-    match nr {
-        Ok(nr) => {
-            let item = item.status(Status::Drift).reason(format!(
-                "unbound work may run on CPU {} outside housekeeping (mask {raw})",
-                outside(&cpus, hk)
-            ));
-            out.push(fix_file(item, path, &raw, &hk.to_mask(nr)));
-        }
-        Err(e) => out.push(
-            item.status(Status::Error)
-                .reason(format!("cannot tell the kernel's mask width: {e}")),
-        ),
-    }
+    check_mask(
+        host,
+        hk,
+        nr,
+        MaskFile {
+            key,
+            path,
+            absent_means: "no such workqueue cpumask here",
+            outside_means: "unbound work may run on",
+        },
+        out,
+    );
 }
