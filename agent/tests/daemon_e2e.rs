@@ -1315,3 +1315,93 @@ async fn the_daemon_and_its_threads_stay_on_the_housekeeping_cpus() {
             .contains("pinned to the housekeeping CPUs 0")
     );
 }
+
+/// Server reflection (v1alpha, what grpcurl 1.8 speaks, and v1) and grpc.health.v1 on the real
+/// daemon: grpcurl can list and call it without the .proto files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_and_health_are_served() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let setup = Setup::new();
+    let profile = setup.profile("e2e-reflect", &compliant_profile("e2e-reflect"));
+    let daemon = setup.start(&Opts::observe(&profile)).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("unix://{}", daemon.socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    for want in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "nodeagent.v1.NodeAgent",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    // Reflection v1 answers too (newer clients).
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut v1 = ServerReflectionClient::new(channel.clone());
+        let mut answers = v1
+            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "nodeagent.v1.NodeAgent".into(),
+                )),
+            }]))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        let answer = answers
+            .message()
+            .await
+            .expect("an answer")
+            .expect("one message");
+        assert!(
+            matches!(
+                answer.message_response,
+                Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+            ),
+            "{answer:?}"
+        );
+    }
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "nodeagent.v1.NodeAgent".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
