@@ -3,7 +3,10 @@
 //! capability bounding set, RuntimeDirectory=), the shipped profiles, journald as the log sink
 //! (drift and audit records with their fields), agentctl talking to the daemon over its socket
 //! (status, verify, apply, rollback), the capabilities the daemon keeps per profile, reload
-//! (SIGHUP: a new profile verified at once, an invalid one refused), restart and stop.
+//! (SIGHUP: a new profile verified at once, an invalid one refused), restart and stop. A second
+//! container has the daemon listen with mutual TLS (`agentctl certs generate` made inside it)
+//! and drives the stand-in trading units through it with `agentctl --remote`: units status,
+//! control and the platform sequence, as observer (refused) and operator (audited).
 //!
 //! The binaries are this build's `target/debug/node-agentd` and `target/debug/agentctl` (the
 //! container is the same Debian release as the build host): build them first with
@@ -115,12 +118,14 @@ fn systemctl(container: &Container, verb: &str) -> Duration {
 
 /// `systemctl show -p P1,P2,… node-agentd` as a map.
 fn show(container: &Container, props: &[&str]) -> BTreeMap<String, String> {
+    show_unit(container, "node-agentd", props)
+}
+
+/// `systemctl show -p P1,P2,… UNIT` as a map.
+fn show_unit(container: &Container, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
     let joined = props.join(",");
-    let (code, out, err) = run(
-        container,
-        &["systemctl", "show", "-p", &joined, "node-agentd"],
-    );
-    assert_eq!(code, 0, "systemctl show: {err}");
+    let (code, out, err) = run(container, &["systemctl", "show", "-p", &joined, unit]);
+    assert_eq!(code, 0, "systemctl show {unit}: {err}");
     out.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -325,7 +330,9 @@ fn sysctl(container: &Container, key: &str) -> String {
     container.exec_ok(["cat", &path]).unwrap().trim().to_owned()
 }
 
-fn install(container: &Container) {
+/// Installs this build's binaries, the unit file (enabled), the shipped and the test profiles,
+/// the starting settings, the admin group, and the stand-in trading units of `standins`.
+fn install(container: &Container, standins: &[UnitSpec]) {
     container
         .write_file("/usr/bin/node-agentd", binary("node-agentd"), 0o755)
         .unwrap();
@@ -364,7 +371,7 @@ fn install(container: &Container) {
     container
         .exec_ok(["groupadd", "--system", ADMIN_GROUP])
         .unwrap();
-    standin::install_standin_units(container, &UnitSpec::trading_stack()).unwrap();
+    standin::install_standin_units(container, standins).unwrap();
     container.daemon_reload().unwrap();
     // As the package does: enabled, so it starts at boot (and stays loaded when stopped).
     container
@@ -389,7 +396,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
     // Dropped on any panic below, which powers the container off and removes it.
     let mut container = Container::boot("na-daemon-systemd", BootOptions::new()).unwrap();
     let booted = test_started.elapsed();
-    install(&container);
+    install(&container, &UnitSpec::trading_stack());
 
     // --- Start: Type=notify, so `systemctl start` returns once the daemon sent READY=1.
     let (code, out, _) = run(&container, &["agentctl", "daemon", "status"]);
@@ -742,5 +749,545 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
             container.timings().copy,
             test_started.elapsed()
         );
+    }
+}
+
+// --- agentctl --remote: units and platform through the daemon's mutual-TLS listener.
+
+/// Where `agentctl certs generate` writes the test PKI inside the container.
+const TLS_DIR: &str = "/etc/node-agent/tls";
+/// The daemon's TCP listener inside the container (its own network namespace: only loopback).
+const REMOTE_ADDR: &str = "127.0.0.1:9443";
+/// The daemon's audit log (StateDirectory=).
+const AUDIT_LOG: &str = "/var/lib/node-agent/audit.log";
+/// Deadline of one agentctl command inside the container (its own RPC timeout is 600 s).
+const AGENTCTL_DEADLINE: &str = "60";
+/// How long each stand-in drains on SIGTERM: long enough that a stop out of order would show
+/// in the stand-ins' log, short enough for the platform sequence.
+const STANDIN_DRAIN: Duration = Duration::from_millis(300);
+/// The unit the single-unit operations work on.
+const CONTROLLED: &str = "trading-engine.service";
+
+/// The settings of the remote test: the shipped network-latency profile observed (no verify
+/// round of its own during the test), the TLS listener with the generated files, one observer
+/// and one operator certificate, and the stand-ins in platform order with deadlines well above
+/// their drain and well below the test's patience.
+fn remote_settings() -> String {
+    let order: Vec<String> = standin::TRADING_UNITS
+        .iter()
+        .map(|u| format!("\"{u}.service\""))
+        .collect();
+    format!(
+        "[agent]\nprofile = \"network-latency\"\nmode = \"observe\"\nverify_interval = \"1h\"\n\n\
+         [listen]\ntcp = \"{REMOTE_ADDR}\"\n\n\
+         [tls]\ncert = \"{TLS_DIR}/server.crt\"\nkey = \"{TLS_DIR}/server.key\"\n\
+         client_ca = \"{TLS_DIR}/ca.crt\"\n\n\
+         [roles]\nobservers = [\"watcher\"]\noperators = [\"ops\"]\n\n\
+         [units]\norder = [{}]\njob_timeout = \"20s\"\n\
+         drain = {{ \"trading-engine.service\" = \"10s\", \"order-gateway.service\" = \"10s\" }}\n",
+        order.join(", ")
+    )
+}
+
+/// The managed units, `<name>.service`, in platform order.
+fn managed_units() -> Vec<String> {
+    standin::TRADING_UNITS
+        .iter()
+        .map(|u| format!("{u}.service"))
+        .collect()
+}
+
+/// `agentctl --remote REMOTE_ADDR` with the certificate of `cn` inside the container, bounded
+/// by [`AGENTCTL_DEADLINE`]: exit code, stdout, stderr.
+fn remote(container: &Container, cn: &str, args: &[&str]) -> (i32, String, String) {
+    let cert = format!("{TLS_DIR}/{cn}.crt");
+    let key = format!("{TLS_DIR}/{cn}.key");
+    let ca = format!("{TLS_DIR}/ca.crt");
+    let mut argv = vec![
+        "timeout",
+        AGENTCTL_DEADLINE,
+        "agentctl",
+        "--remote",
+        REMOTE_ADDR,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--ca",
+        &ca,
+    ];
+    argv.extend_from_slice(args);
+    let (code, out, err) = run(container, &argv);
+    assert_ne!(
+        code,
+        124,
+        "agentctl {args:?} as {cn}: no answer within {AGENTCTL_DEADLINE} s: {out}{err}\n{}",
+        diagnose(container)
+    );
+    (code, out, err)
+}
+
+/// `-o json units status` as `cn` through the daemon: exit code and the parsed list.
+fn remote_units(container: &Container, cn: &str) -> (i32, Vec<serde_json::Value>) {
+    let (code, out, err) = remote(container, cn, &["-o", "json", "units", "status"]);
+    let list: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("units status as {cn} (exit {code}): {e}: {out}{err}"));
+    (code, list.as_array().expect("a JSON array").clone())
+}
+
+/// ActiveState, SubState and MainPID of a unit, as systemd has them.
+fn unit_state(container: &Container, unit: &str) -> (String, String, u32) {
+    let s = show_unit(container, unit, &["ActiveState", "SubState", "MainPID"]);
+    (
+        s["ActiveState"].clone(),
+        s["SubState"].clone(),
+        s["MainPID"].parse().unwrap(),
+    )
+}
+
+/// The MainPID of an active, running unit.
+fn unit_pid(container: &Container, unit: &str) -> u32 {
+    let (active, sub, pid) = unit_state(container, unit);
+    assert_eq!(
+        (active.as_str(), sub.as_str()),
+        ("active", "running"),
+        "{unit}"
+    );
+    assert_ne!(pid, 0, "{unit}");
+    pid
+}
+
+/// The stand-ins' log, read from the host side of the container's file system.
+fn standin_log(container: &Container) -> Vec<standin::LogLine> {
+    standin::read_log(container).unwrap()
+}
+
+/// Waits until stand-in `unit` (with `.service`) logged its start as `pid`: a `Type=simple`
+/// start job is done at fork, before the stand-in set its SIGTERM trap and logged.
+fn wait_standin_started(container: &Container, unit: &str, pid: u32) {
+    let name = unit.trim_end_matches(".service");
+    poll(
+        container,
+        &format!("stand-in {name} logs its start as pid {pid}"),
+        SETTLE,
+        || {
+            let log = standin::read_log(container).map_err(|e| e.to_string())?;
+            if log
+                .iter()
+                .any(|l| l.unit == name && l.event == standin::Event::Start { pid })
+            {
+                Ok(())
+            } else {
+                Err(format!("{log:?}"))
+            }
+        },
+    );
+}
+
+/// Position of the first `event` of stand-in `name` in `log`.
+fn log_at(log: &[standin::LogLine], name: &str, event: standin::Event) -> usize {
+    log.iter()
+        .position(|l| l.unit == name && l.event == event)
+        .unwrap_or_else(|| panic!("no {event:?} of {name} in {log:#?}"))
+}
+
+/// The daemon's audit.log, one JSON record a line (empty before the first record).
+fn audit_records(container: &Container) -> Vec<serde_json::Value> {
+    container
+        .read_file(AUDIT_LOG)
+        .unwrap()
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{AUDIT_LOG}: {e}: {l}")))
+        .collect()
+}
+
+/// The audit.log records whose NODE_AGENT_ACTION is `action`.
+fn audited(container: &Container, action: &str) -> Vec<serde_json::Value> {
+    audit_records(container)
+        .into_iter()
+        .filter(|r| r["fields"]["NODE_AGENT_ACTION"] == action)
+        .collect()
+}
+
+#[test]
+fn remote_units_and_platform_over_mutual_tls() {
+    if !systemd_tests_enabled("remote_units_and_platform_over_mutual_tls") {
+        return;
+    }
+    let test_started = Instant::now();
+    // Dropped on any panic below, which powers the container off and removes it.
+    let mut container = Container::boot("na-daemon-remote", BootOptions::new()).unwrap();
+    let standins: Vec<UnitSpec> = UnitSpec::trading_stack()
+        .into_iter()
+        .map(|s| s.drain(STANDIN_DRAIN))
+        .collect();
+    install(&container, &standins);
+    let units = managed_units();
+
+    // --- The test PKI, made inside the container as an operator would on a test host.
+    let (code, out, err) = run(
+        &container,
+        &[
+            "timeout",
+            AGENTCTL_DEADLINE,
+            "agentctl",
+            "certs",
+            "generate",
+            "--dir",
+            TLS_DIR,
+            "--server",
+            "127.0.0.1",
+            "--server",
+            "localhost",
+            "--observer",
+            "watcher",
+            "--operator",
+            "ops",
+        ],
+    );
+    assert_eq!(code, 0, "certs generate: {out}{err}");
+    for line in [
+        format!("cert = \"{TLS_DIR}/server.crt\""),
+        format!("key = \"{TLS_DIR}/server.key\""),
+        format!("client_ca = \"{TLS_DIR}/ca.crt\""),
+        "observers = [\"watcher\"]".to_owned(),
+        "operators = [\"ops\"]".to_owned(),
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "the printed settings lack {line:?}:\n{out}"
+        );
+    }
+    assert!(
+        out.contains(&format!(
+            "agentctl --remote 127.0.0.1:9443 --cert {TLS_DIR}/ops.crt --key {TLS_DIR}/ops.key \
+             --ca {TLS_DIR}/ca.crt"
+        )),
+        "the printed flags name the operator's files: {out}"
+    );
+    let modes = container
+        .exec_ok([
+            "stat",
+            "-c",
+            "%n %a",
+            &format!("{TLS_DIR}/server.key"),
+            &format!("{TLS_DIR}/watcher.key"),
+            &format!("{TLS_DIR}/ops.key"),
+        ])
+        .unwrap();
+    for line in modes.lines() {
+        assert!(line.ends_with(" 600"), "keys are 0600: {modes}");
+    }
+
+    // --- The stand-ins running, then the daemon with the TLS listener.
+    container
+        .write_file("/etc/node-agent/agent.toml", remote_settings(), 0o644)
+        .unwrap();
+    let mut argv = vec!["timeout", JOB_DEADLINE, "systemctl", "start"];
+    argv.extend(units.iter().map(String::as_str));
+    let (code, out, err) = run(&container, &argv);
+    assert_eq!(code, 0, "starting the stand-ins: {out}{err}");
+    for unit in &units {
+        wait_standin_started(&container, unit, unit_pid(&container, unit));
+    }
+    systemctl(&container, "start");
+    let daemon_pid = running_pid(&container);
+    journal_has(&container, &format!("serving mutual TLS on {REMOTE_ADDR}"));
+
+    // --- Observer: units status, table and JSON, as systemd sees the units.
+    let (code, out, err) = remote(&container, "watcher", &["units", "status"]);
+    assert_eq!(code, 0, "all managed units active: {out}{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let listed: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(listed, units, "{out}");
+    for row in &rows {
+        assert_eq!(row[2..4], ["active", "running"], "{out}");
+    }
+    let (code, list) = remote_units(&container, "watcher");
+    assert_eq!(code, 0, "{list:#?}");
+    let names: Vec<&str> = list.iter().map(|u| u["unit"].as_str().unwrap()).collect();
+    assert_eq!(names, units, "the settings' order");
+    for u in &list {
+        let unit = u["unit"].as_str().unwrap();
+        let s = show_unit(
+            &container,
+            unit,
+            &["LoadState", "ActiveState", "SubState", "MainPID"],
+        );
+        assert_eq!(u["load_state"], s["LoadState"].as_str(), "{u:#}");
+        assert_eq!(u["active_state"], s["ActiveState"].as_str(), "{u:#}");
+        assert_eq!(u["active_state"], "active", "{u:#}");
+        assert_eq!(u["sub_state"], s["SubState"].as_str(), "{u:#}");
+        assert_eq!(u["main_pid"].to_string(), s["MainPID"], "{u:#}");
+    }
+    // Named units: those only; a unit the daemon does not manage is invalid input.
+    let (code, out, err) = remote(
+        &container,
+        "watcher",
+        &["-o", "json", "units", "status", "order-gateway"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let one: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(one[0]["unit"], "order-gateway.service", "{one:#}");
+    assert_eq!(one.as_array().unwrap().len(), 1, "{one:#}");
+    let (code, out, err) = remote(&container, "watcher", &["units", "status", "ghost"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("ghost.service is not managed by the remote node-agentd"),
+        "{err}"
+    );
+
+    // --- Observer: no control. Refused by the daemon before anything happens.
+    let pid = unit_pid(&container, CONTROLLED);
+    let log_before = standin_log(&container).len();
+    for args in [
+        &["units", "restart", CONTROLLED][..],
+        &["units", "stop", CONTROLLED],
+        &["platform", "stop"],
+    ] {
+        let (code, out, err) = remote(&container, "watcher", args);
+        assert_eq!(code, 3, "{args:?} as observer: {out}{err}");
+        assert!(err.contains("PermissionDenied"), "{args:?}: {err}");
+        assert!(
+            err.contains("needs the operator role; cert CN=watcher has observer"),
+            "{args:?}: {err}"
+        );
+    }
+    journal_has(
+        &container,
+        "refused /nodeagent.v1.NodeAgent/ControlUnit from TLS client 127.0.0.1:",
+    );
+    journal_has(
+        &container,
+        "refused /nodeagent.v1.NodeAgent/PlatformStop from TLS client 127.0.0.1:",
+    );
+    assert_eq!(
+        unit_pid(&container, CONTROLLED),
+        pid,
+        "an observer restarted it"
+    );
+    for unit in &units {
+        assert_eq!(unit_state(&container, unit).0, "active", "{unit}");
+    }
+    let log = standin_log(&container);
+    assert_eq!(log.len(), log_before, "no stand-in was signalled: {log:#?}");
+    assert!(
+        audited(&container, "unit-control").is_empty()
+            && audited(&container, "platform").is_empty(),
+        "a refused call reaches no handler: {:#?}",
+        audit_records(&container)
+    );
+
+    // --- Operator: restart, stop, start of one unit.
+    let (code, out, err) = remote(&container, "ops", &["units", "restart", CONTROLLED]);
+    assert_eq!(code, 0, "restart as operator: {out}{err}");
+    assert!(
+        out.starts_with(&format!("restart {CONTROLLED}")) && out.contains(" done "),
+        "{out}"
+    );
+    let restarted = unit_pid(&container, CONTROLLED);
+    assert_ne!(restarted, pid, "restart gives a new MainPID");
+    wait_standin_started(&container, CONTROLLED, restarted);
+    let log = standin_log(&container);
+    let name = CONTROLLED.trim_end_matches(".service");
+    let tail = &log[log_before..];
+    assert!(
+        log_at(tail, name, standin::Event::StopEnd)
+            < log_at(tail, name, standin::Event::Start { pid: restarted }),
+        "drained, then started again: {tail:#?}"
+    );
+    for unit in units.iter().filter(|u| *u != CONTROLLED) {
+        assert!(
+            !tail.iter().any(|l| format!("{}.service", l.unit) == *unit),
+            "only {CONTROLLED} was restarted: {tail:#?}"
+        );
+    }
+
+    let (code, out, err) = remote(
+        &container,
+        "ops",
+        &["-o", "json", "units", "stop", CONTROLLED],
+    );
+    assert_eq!(code, 0, "stop as operator: {out}{err}");
+    let step: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(step["unit"], CONTROLLED, "{step:#}");
+    assert_eq!(step["op"], "stop", "{step:#}");
+    assert_eq!(step["result"], "done", "{step:#}");
+    assert_eq!(step["active_state"], "inactive", "{step:#}");
+    let (active, _, stopped_pid) = unit_state(&container, CONTROLLED);
+    assert_eq!((active.as_str(), stopped_pid), ("inactive", 0));
+    // A managed unit down is a finding for the observer's monitoring.
+    let (code, list) = remote_units(&container, "watcher");
+    assert_eq!(code, 1, "{list:#?}");
+    let down: Vec<&str> = list
+        .iter()
+        .filter(|u| u["active_state"] != "active")
+        .map(|u| u["unit"].as_str().unwrap())
+        .collect();
+    assert_eq!(down, [CONTROLLED], "{list:#?}");
+
+    let (code, out, err) = remote(&container, "ops", &["units", "start", CONTROLLED]);
+    assert_eq!(code, 0, "start as operator: {out}{err}");
+    assert!(
+        out.starts_with(&format!("start   {CONTROLLED}")) && out.contains(" done "),
+        "{out}"
+    );
+    let started = unit_pid(&container, CONTROLLED);
+    assert_ne!(started, restarted);
+    wait_standin_started(&container, CONTROLLED, started);
+
+    // Each change is audited with the certificate's name; the change ran as the daemon (uid 0).
+    let records = audited(&container, "unit-control");
+    let messages: Vec<&str> = records
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            format!("unit {CONTROLLED}: restart -> done"),
+            format!("unit {CONTROLLED}: stop -> done"),
+            format!("unit {CONTROLLED}: start -> done"),
+        ],
+        "{records:#?}"
+    );
+    for r in &records {
+        assert_eq!(r["user"], "cert CN=ops", "{r:#}");
+        assert_eq!(r["uid"], 0, "{r:#}");
+        assert_eq!(r["fields"]["NODE_AGENT_UNIT"], CONTROLLED, "{r:#}");
+    }
+    // The same records in journald, from the daemon's process.
+    let journaled = poll(
+        &container,
+        "the unit-control audit records in the journal",
+        SETTLE,
+        || {
+            let found: Vec<serde_json::Value> = journal_records(&container)
+                .into_iter()
+                .filter(|r| field(r, "NODE_AGENT_ACTION") == "unit-control")
+                .collect();
+            if found.len() == 3 {
+                Ok(found)
+            } else {
+                Err(format!("{found:#?}"))
+            }
+        },
+    );
+    for r in &journaled {
+        assert_eq!(field(r, "NODE_AGENT_AUDIT"), "1", "{r:#}");
+        assert_eq!(field(r, "NODE_AGENT_USER"), "cert CN=ops", "{r:#}");
+        assert_eq!(field(r, "NODE_AGENT_UNIT"), CONTROLLED, "{r:#}");
+        assert_eq!(field(r, "_PID"), daemon_pid.to_string(), "{r:#}");
+    }
+
+    // --- Operator: the platform down in reverse order, each unit drained before the next.
+    let mark = standin_log(&container).len();
+    let (code, out, err) = remote(&container, "ops", &["-o", "json", "platform", "stop"]);
+    assert_eq!(code, 0, "platform stop as operator: {out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["failed"].is_null(), "{report:#}");
+    assert_eq!(report["op"], "stop", "{report:#}");
+    let steps: Vec<(&str, &str)> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["unit"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect();
+    let reversed: Vec<(&str, &str)> = units.iter().rev().map(|u| (u.as_str(), "done")).collect();
+    assert_eq!(steps, reversed, "{report:#}");
+    for unit in &units {
+        let (active, _, pid) = unit_state(&container, unit);
+        assert_eq!((active.as_str(), pid), ("inactive", 0), "{unit}");
+    }
+    let log = standin_log(&container);
+    let tail = &log[mark..];
+    let names: Vec<&str> = standin::TRADING_UNITS.iter().rev().copied().collect();
+    for pair in names.windows(2) {
+        assert!(
+            log_at(tail, pair[0], standin::Event::StopEnd)
+                < log_at(tail, pair[1], standin::Event::StopBegin),
+            "{} must be drained before {} stops: {tail:#?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    for name in &names {
+        let drained = standin::last_drain(tail, name)
+            .unwrap_or_else(|| panic!("{name} did not drain: {tail:#?}"));
+        assert!(drained >= STANDIN_DRAIN, "{name}: {drained:?}");
+    }
+    let (code, list) = remote_units(&container, "watcher");
+    assert_eq!(code, 1, "the platform is down: {list:#?}");
+    assert!(
+        list.iter().all(|u| u["active_state"] == "inactive"),
+        "{list:#?}"
+    );
+
+    // --- And up again, in order.
+    let (code, out, err) = remote(&container, "ops", &["platform", "start"]);
+    assert_eq!(code, 0, "platform start as operator: {out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), units.len() + 1, "{out}");
+    for (line, unit) in lines.iter().zip(&units) {
+        assert!(line.starts_with(&format!("start   {unit} ")), "{out}");
+        assert!(line.contains(" done "), "{out}");
+    }
+    assert_eq!(
+        lines[units.len()],
+        format!("platform start: all {} units done", units.len())
+    );
+    for unit in &units {
+        wait_standin_started(&container, unit, unit_pid(&container, unit));
+    }
+    let (code, list) = remote_units(&container, "watcher");
+    assert_eq!(code, 0, "all active again: {list:#?}");
+    let since: Vec<u64> = list
+        .iter()
+        .map(|u| u["active_since_us"].as_u64().unwrap())
+        .collect();
+    assert!(
+        since.windows(2).all(|w| w[0] <= w[1]),
+        "activation order: {since:?}"
+    );
+    let records = audited(&container, "platform");
+    let messages: Vec<&str> = records
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "platform stop: all units done",
+            "platform start: all units done"
+        ],
+        "{records:#?}"
+    );
+    assert!(
+        records.iter().all(|r| r["user"] == "cert CN=ops"),
+        "{records:#?}"
+    );
+
+    // --- units watch follows this host's bus: not through a remote daemon.
+    let (code, out, err) = remote(&container, "ops", &["units", "watch", "--count", "1"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("units watch follows this host's bus only; run it on the host"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+
+    assert_eq!(running_pid(&container), daemon_pid, "one daemon throughout");
+    let name = container.name().to_owned();
+    container.shutdown().unwrap();
+    let left = nspawn::leftovers(&name).unwrap();
+    assert!(left.is_empty(), "container {name} left behind: {left:?}");
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("remote test: {:?}", test_started.elapsed());
     }
 }

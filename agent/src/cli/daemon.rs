@@ -448,10 +448,11 @@ pub(super) fn units(cli: &Cli, cmd: &UnitsCmd, out: &mut dyn Write) -> Result<Ex
         .await
         .map(|r| r.into_inner())
         .map_err(|s| {
-            rpc_error(
-                &format!("{} {unit} through node-agentd", action.as_str_name()),
-                s,
-            )
+            let verb = action
+                .as_str_name()
+                .trim_start_matches("UNIT_ACTION_")
+                .to_lowercase();
+            rpc_error(&format!("{verb} {unit} through node-agentd"), s)
         })
     })?;
     match r.step {
