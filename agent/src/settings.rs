@@ -44,32 +44,7 @@ pub enum SettingsError {
 
 pub use crate::profile::types::{ProfileName, UnitName};
 
-/// Implements serde via `FromStr`/`Display`, so a bad value fails while the TOML parser knows
-/// its position; `$expecting` is what a value of the wrong type is told.
-macro_rules! via_str {
-    ($t:ty, $expecting:literal) => {
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = $t;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$t, E> {
-                        s.parse().map_err(E::custom)
-                    }
-                }
-                d.deserialize_str(V)
-            }
-        }
-        impl Serialize for $t {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-    };
-}
+use crate::profile::types::serde_via_str;
 
 // ---------------------------------------------------------------------------------------------
 // Durations and bounded numbers
@@ -274,7 +249,7 @@ impl fmt::Display for AbsPath {
         self.0.display().fmt(f)
     }
 }
-via_str!(AbsPath, "an absolute path");
+serde_via_str!(AbsPath, "an absolute path");
 
 /// A Unix socket path: absolute, and short enough for `sun_path` (108 bytes with the NUL).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,7 +276,7 @@ impl fmt::Display for SocketPath {
         self.0.display().fmt(f)
     }
 }
-via_str!(SocketPath, "an absolute socket path");
+serde_via_str!(SocketPath, "an absolute socket path");
 
 /// A group name as shadow-utils and systemd's strict mode accept it: 1-32 characters of
 /// letters, digits, `_` and `-`, starting with a letter or `_`. Whether the group exists is the
@@ -337,7 +312,7 @@ impl fmt::Display for GroupName {
         f.write_str(&self.0)
     }
 }
-via_str!(GroupName, "a group name such as \"node-agent-admin\"");
+serde_via_str!(GroupName, "a group name such as \"node-agent-admin\"");
 
 /// A listening address: `IP:PORT` (`0.0.0.0:9443`, `[::1]:9750`), no host names (the daemon
 /// must not wait on DNS to start) and no port 0.
@@ -367,7 +342,7 @@ impl fmt::Display for ListenAddr {
         self.0.fmt(f)
     }
 }
-via_str!(ListenAddr, "an address such as \"0.0.0.0:9443\"");
+serde_via_str!(ListenAddr, "an address such as \"0.0.0.0:9443\"");
 
 // ---------------------------------------------------------------------------------------------
 // [agent]
@@ -408,7 +383,7 @@ impl fmt::Display for Mode {
         f.write_str(self.as_str())
     }
 }
-via_str!(Mode, "\"observe\" or \"enforce\"");
+serde_via_str!(Mode, "\"observe\" or \"enforce\"");
 
 /// `agent.profile`: a name looked up on the profile search path, or an absolute path (a
 /// relative one would depend on the daemon's working directory). The same spelling as
@@ -445,7 +420,7 @@ impl fmt::Display for ProfileSpec {
         }
     }
 }
-via_str!(
+serde_via_str!(
     ProfileSpec,
     "a profile name such as \"trading-latency\" or an absolute path"
 );
@@ -661,7 +636,7 @@ impl fmt::Display for Selector {
         Ok(())
     }
 }
-via_str!(
+serde_via_str!(
     Selector,
     "a class or key prefix such as \"memory.transparent_hugepage\""
 );
@@ -893,7 +868,7 @@ impl fmt::Display for CommonName {
         f.write_str(&self.0)
     }
 }
-via_str!(CommonName, "a certificate common name");
+serde_via_str!(CommonName, "a certificate common name");
 
 /// What a caller may do. Ordered: an operator may do everything an observer may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

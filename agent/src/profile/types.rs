@@ -34,6 +34,7 @@ macro_rules! serde_via_str {
         }
     };
 }
+pub(crate) use serde_via_str;
 
 /// A sysctl key as sysctl(8) and sysctl.d(5) write it: dotted (`net.ipv4.conf.eth0/100.rp_filter`,
 /// where `/` stands for a `.` inside a component) or slash form (`net/ipv4/conf/eth0.100/rp_filter`).
