@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod failpoint;
+pub mod health;
 pub mod host;
 pub mod profile;
 pub mod rollback;
