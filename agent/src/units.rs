@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Serialize;
 use zbus::fdo::PropertiesProxy;
 use zbus::names::InterfaceName;
-use zbus::{Connection, OwnedObjectPath, OwnedVariant};
+use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
 use zbus_systemd::systemd1::ManagerProxy;
 
 use crate::profile::types::CpuList;
@@ -20,6 +22,7 @@ use crate::tuning::units::{ObservedUnit, UnitsObserved};
 /// The environment variable the D-Bus specification names for the system bus address.
 pub const SYSTEM_BUS_ENV: &str = "DBUS_SYSTEM_BUS_ADDRESS";
 pub const DEFAULT_SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
 
@@ -338,23 +341,250 @@ impl Systemd {
 
 /// What the bus says about the managed units' limits, for verify and apply. A host without a
 /// system bus socket has no systemd to ask: that is `NoBus` (the class is unsupported there),
-/// any other failure is `Failed`.
+/// any other failure is `Failed`. One connection for one answer: agentctl's way; the daemon
+/// keeps a [`UnitsCache`].
 pub async fn observe_units(bus: &str, units: &[UnitName]) -> UnitsObserved {
-    if let Some(socket) = bus.strip_prefix("unix:path=")
-        && !std::path::Path::new(socket).exists()
-    {
-        return UnitsObserved::NoBus(format!(
-            "no system bus at {socket}: systemd is not running here"
-        ));
+    if let Some(no_bus) = no_bus(bus) {
+        return no_bus;
     }
     let systemd = match Systemd::connect(bus).await {
         Ok(s) => s,
         Err(e) => return UnitsObserved::Failed(e.to_string()),
     };
-    match futures_util::future::try_join_all(units.iter().map(|u| systemd.observe_limits(u))).await
-    {
+    match fetch(&systemd, units).await {
         Ok(observed) => UnitsObserved::Units(observed),
         Err(e) => UnitsObserved::Failed(e.to_string()),
+    }
+}
+
+/// `NoBus` when `bus` is a socket path that does not exist: no systemd runs here.
+fn no_bus(bus: &str) -> Option<UnitsObserved> {
+    let socket = bus.strip_prefix("unix:path=")?;
+    (!std::path::Path::new(socket).exists()).then(|| {
+        UnitsObserved::NoBus(format!(
+            "no system bus at {socket}: systemd is not running here"
+        ))
+    })
+}
+
+/// Every unit, concurrently on the one connection.
+async fn fetch(systemd: &Systemd, units: &[UnitName]) -> Result<Vec<ObservedUnit>, UnitsError> {
+    futures_util::future::try_join_all(units.iter().map(|u| systemd.observe_limits(u))).await
+}
+
+/// The daemon's observation of the units, kept between verifies: one bus connection for as
+/// long as it works, and the last answer, given again until systemd signals that something it
+/// reported may have changed. A verify with a valid cache asks nothing on the bus.
+///
+/// What invalidates it (signals from systemd on the kept connection, which is subscribed; a
+/// background task sets a flag for each): `PropertiesChanged` on an observed unit's object
+/// (MainPID, ActiveState: a restart, a crash without any job), `JobRemoved` of an observed unit,
+/// the manager's `Reloading` (Limit*=, CPUAffinity= and LoadState change only with a reload)
+/// and `UnitFilesChanged`, and a new owner of `org.freedesktop.systemd1` (re-exec). The
+/// connection closing ends the task, and the next call connects again. An answer with a unit
+/// that is not loaded is not kept (LoadUnit may load it the next time without a signal here).
+#[derive(Default)]
+pub struct UnitsCache {
+    watch: Option<Watch>,
+}
+
+/// One connection and what it watches.
+struct Watch {
+    bus: String,
+    names: Vec<UnitName>,
+    systemd: Systemd,
+    /// Set by the listener on every signal; cleared before each fetch.
+    changed: Arc<AtomicBool>,
+    listener: tokio::task::JoinHandle<()>,
+    /// The last answer, when it may be given again.
+    last: Option<Vec<ObservedUnit>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// What [`UnitsCache::observe`] does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheStep {
+    /// Give the kept answer: no bus traffic.
+    Reuse,
+    /// Ask systemd again on the kept connection.
+    Fetch,
+    /// Drop the connection (if any), connect, watch and ask.
+    Connect,
+}
+
+/// What the cache has, for [`cache_step`].
+#[derive(Debug, Clone, Copy)]
+struct CacheState<'a> {
+    bus: &'a str,
+    names: &'a [UnitName],
+    /// The listener still runs (the connection is open).
+    listening: bool,
+    /// A signal came since the last fetch began.
+    changed: bool,
+    /// An answer is kept.
+    kept: bool,
+}
+
+/// The decision of [`UnitsCache::observe`], pure: `have` is `None` without a connection.
+fn cache_step(have: Option<CacheState<'_>>, bus: &str, names: &[UnitName]) -> CacheStep {
+    match have {
+        // The match rules name the units' objects: other units need another watch.
+        Some(h) if h.listening && h.bus == bus && h.names == names => {
+            if h.changed || !h.kept {
+                CacheStep::Fetch
+            } else {
+                CacheStep::Reuse
+            }
+        }
+        _ => CacheStep::Connect,
+    }
+}
+
+/// Whether an answer may be given again until a signal: every unit loaded.
+fn keepable(units: &[ObservedUnit]) -> bool {
+    units.iter().all(|u| u.load_state == "loaded")
+}
+
+impl UnitsCache {
+    pub fn new() -> UnitsCache {
+        UnitsCache::default()
+    }
+
+    /// What the bus says about `names` (as [`observe_units`]), from the cache when nothing has
+    /// been signalled since it was filled. Any bus error drops the connection and the cache:
+    /// the next call starts afresh.
+    pub async fn observe(&mut self, bus: &str, names: &[UnitName]) -> UnitsObserved {
+        let state = self.watch.as_ref().map(|w| CacheState {
+            bus: &w.bus,
+            names: &w.names,
+            listening: !w.listener.is_finished(),
+            changed: w.changed.load(Ordering::SeqCst),
+            kept: w.last.is_some(),
+        });
+        let step = cache_step(state, bus, names);
+        if step == CacheStep::Connect {
+            self.watch = None;
+            if let Some(no_bus) = no_bus(bus) {
+                return no_bus;
+            }
+            match Watch::start(bus, names).await {
+                Ok(w) => self.watch = Some(w),
+                Err(e) => return UnitsObserved::Failed(e.to_string()),
+            }
+        }
+        let Some(watch) = self.watch.as_mut() else {
+            return UnitsObserved::Failed("no bus connection".into());
+        };
+        if step == CacheStep::Reuse
+            && let Some(last) = &watch.last
+        {
+            return UnitsObserved::Units(last.clone());
+        }
+        // Cleared before asking: a change signalled while the answers come in makes the next
+        // call ask again.
+        watch.changed.store(false, Ordering::SeqCst);
+        match fetch(&watch.systemd, names).await {
+            Ok(units) => {
+                watch.last = keepable(&units).then(|| units.clone());
+                UnitsObserved::Units(units)
+            }
+            Err(e) => {
+                self.watch = None;
+                UnitsObserved::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// Forgets the kept answer (the next call asks systemd): for changes the daemon made itself,
+    /// whose signals may still be on their way.
+    pub fn invalidate(&mut self) {
+        if let Some(w) = self.watch.as_mut() {
+            w.last = None;
+        }
+    }
+}
+
+impl Watch {
+    /// Connects, subscribes, and registers the match rules before anything is asked, so that
+    /// no change after the first answer can go unsignalled.
+    async fn start(bus: &str, names: &[UnitName]) -> Result<Watch, UnitsError> {
+        let systemd = Systemd::connect(bus).await?;
+        let err = |error| UnitsError::Connect {
+            address: bus.to_owned(),
+            error,
+        };
+        let systemd1 = || {
+            MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender(SYSTEMD_NAME)
+        };
+        let manager = |member| {
+            systemd1()
+                .interface("org.freedesktop.systemd1.Manager")
+                .member(member)
+        };
+        let mut rules = vec![
+            manager("Reloading").build(),
+            manager("UnitFilesChanged").build(),
+            MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender("org.freedesktop.DBus")
+                .interface("org.freedesktop.DBus")
+                .member("NameOwnerChanged")
+                .arg(0, SYSTEMD_NAME)
+                .build(),
+        ];
+        let mut paths = Vec::new();
+        for unit in names {
+            // The object systemd signals on (its primary name's, also for an alias).
+            let path = systemd
+                .manager
+                .load_unit(unit.to_string())
+                .await
+                .map_err(|e| UnitsError::from_bus("watch", unit, e))?;
+            paths.push(path);
+        }
+        for (unit, path) in names.iter().zip(&paths) {
+            rules.push(manager("JobRemoved").arg(2, unit.as_str()).build());
+            rules.push(
+                systemd1()
+                    .interface("org.freedesktop.DBus.Properties")
+                    .member("PropertiesChanged")
+                    .path(path.as_ref())
+                    .build(),
+            );
+        }
+        let mut streams = Vec::new();
+        for rule in rules {
+            let rule = rule.map_err(err)?.to_owned();
+            streams.push(
+                MessageStream::for_match_rule(rule, &systemd.conn, None)
+                    .await
+                    .map_err(err)?,
+            );
+        }
+        let changed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&changed);
+        let mut signals = futures_util::stream::select_all(streams);
+        // Ends when the connection closes (every stream ends then).
+        let listener = tokio::spawn(async move {
+            while signals.next().await.is_some() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        Ok(Watch {
+            bus: bus.to_owned(),
+            names: names.to_vec(),
+            systemd,
+            changed,
+            listener,
+            last: None,
+        })
     }
 }
 
@@ -719,6 +949,74 @@ mod tests {
             1,
             "nothing after the gateway is stopped"
         );
+    }
+
+    #[test]
+    fn the_cache_is_reused_only_while_listening_unchanged_for_the_same_units() {
+        let units = Units::default();
+        let names = &units.order[..];
+        let bus = "unix:path=/run/dbus/system_bus_socket";
+        let state = CacheState {
+            bus,
+            names,
+            listening: true,
+            changed: false,
+            kept: true,
+        };
+        assert_eq!(cache_step(Some(state), bus, names), CacheStep::Reuse);
+        assert_eq!(cache_step(None, bus, names), CacheStep::Connect);
+        // A signal since the last fetch, or nothing kept (a unit was not loaded, or the daemon
+        // changed something itself): ask again on the same connection.
+        let changed = CacheState {
+            changed: true,
+            ..state
+        };
+        assert_eq!(cache_step(Some(changed), bus, names), CacheStep::Fetch);
+        let nothing = CacheState {
+            kept: false,
+            ..state
+        };
+        assert_eq!(cache_step(Some(nothing), bus, names), CacheStep::Fetch);
+        // The listener ended (the connection closed): signals may have been missed.
+        let deaf = CacheState {
+            listening: false,
+            ..state
+        };
+        assert_eq!(cache_step(Some(deaf), bus, names), CacheStep::Connect);
+        // Other units (a new profile or settings) or another bus: another watch.
+        assert_eq!(
+            cache_step(Some(state), bus, &names[..2]),
+            CacheStep::Connect
+        );
+        assert_eq!(
+            cache_step(Some(state), "unix:path=/tmp/other", names),
+            CacheStep::Connect
+        );
+    }
+
+    #[test]
+    fn only_an_answer_with_every_unit_loaded_is_kept() {
+        let unit = |load_state: &str| ObservedUnit {
+            unit: "trading-engine.service".into(),
+            load_state: load_state.into(),
+            main_pid: 7,
+            limits: Default::default(),
+            cpu_affinity: None,
+        };
+        assert!(keepable(&[unit("loaded"), unit("loaded")]));
+        assert!(keepable(&[]));
+        assert!(!keepable(&[unit("loaded"), unit("not-found")]));
+    }
+
+    #[test]
+    fn no_bus_only_for_a_missing_socket() {
+        assert!(matches!(
+            no_bus("unix:path=/nonexistent/system_bus_socket"),
+            Some(UnitsObserved::NoBus(why)) if why.contains("/nonexistent/system_bus_socket")
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(no_bus(&format!("unix:path={}", dir.path().display())), None);
+        assert_eq!(no_bus("tcp:host=localhost,port=1"), None);
     }
 
     #[test]

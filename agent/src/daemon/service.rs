@@ -19,7 +19,7 @@ use crate::settings::{Mode, Settings, SettingsError};
 use crate::system::{NoSystem, RealSystem, SystemActions};
 use crate::tuning::plan::{Plan, Scope};
 use crate::tuning::{self, units::UnitsObserved};
-use crate::units::{self, Systemd};
+use crate::units::{Systemd, UnitsCache};
 use crate::verify::{Class, Report};
 
 /// Where the daemon finds the host, profiles, its state and the bus (resolved once at start).
@@ -140,6 +140,10 @@ pub struct Daemon {
     writer: tokio::sync::Mutex<()>,
     limiter: Mutex<Limiter>,
     audit: Audit,
+    /// The units as systemd last reported them, on one kept bus connection, until systemd
+    /// signals a change (`units::UnitsCache`); the lock makes concurrent verifies share one
+    /// fetch.
+    units: tokio::sync::Mutex<UnitsCache>,
     pub started: Instant,
 }
 
@@ -173,6 +177,7 @@ impl Daemon {
             writer: tokio::sync::Mutex::new(()),
             limiter: Mutex::new(limiter),
             audit,
+            units: tokio::sync::Mutex::new(UnitsCache::new()),
             started: Instant::now(),
         })
     }
@@ -216,8 +221,9 @@ impl Daemon {
         Ok(self.settings())
     }
 
-    /// What the bus says about the units the profile checks (none needed: `None`).
-    async fn observe_units(&self, profile: &Profile) -> Option<UnitsObserved> {
+    /// What the bus says about the units the profile checks (none needed: `None`): the cache's
+    /// answer, or with `fresh` systemd's (apply plans from what is, not from what was).
+    async fn observe_units(&self, profile: &Profile, fresh: bool) -> Option<UnitsObserved> {
         if !self.env.host.is_live() {
             return None;
         }
@@ -228,14 +234,18 @@ impl Daemon {
         if names.is_empty() {
             return None;
         }
-        Some(units::observe_units(&self.env.bus, &names).await)
+        let mut cache = self.units.lock().await;
+        if fresh {
+            cache.invalidate();
+        }
+        Some(cache.observe(&self.env.bus, &names).await)
     }
 
     /// Reads the host afresh, records the result and sends its drift transitions.
     pub async fn verify_now(&self) -> Result<Verified, DaemonError> {
         let active = self.active();
         let hash = active.hash.clone();
-        let units = self.observe_units(&active.profile).await;
+        let units = self.observe_units(&active.profile, false).await;
         let host = self.env.host.clone();
         let state = self.env.state.clone();
         let started = Instant::now();
@@ -372,7 +382,7 @@ impl Daemon {
     /// The plan for the active profile (nothing changes).
     pub async fn plan(&self, scope: OwnedScope) -> Result<Plan, DaemonError> {
         let active = self.active();
-        let units = self.observe_units(&active.profile).await;
+        let units = self.observe_units(&active.profile, false).await;
         let host = self.env.host.clone();
         tokio::task::spawn_blocking(move || {
             apply::plan_scope(&host, &active.profile, scope.as_scope(), units.as_ref()).0
@@ -389,7 +399,8 @@ impl Daemon {
     ) -> Result<ApplyOutcome, DaemonError> {
         let _writer = self.writer.lock().await;
         let active = self.active();
-        let units = self.observe_units(&active.profile).await;
+        let units = self.observe_units(&active.profile, true).await;
+        let units_checked = units.is_some();
         let env = self.env.clone();
         let caller = caller.clone();
         let handle = tokio::runtime::Handle::current();
@@ -403,10 +414,20 @@ impl Daemon {
                 )
             })
         })
-        .await
-        .map_err(|e| DaemonError::Internal(format!("apply task failed: {e}")))??;
-        // The host changed: the next verify happens now rather than at the next tick.
-        let _ = self.verify_now().await;
+        .await;
+        // Drop-ins and a reload on another connection, whose signals may not have reached the
+        // cache's yet, whatever the outcome.
+        self.units.lock().await.invalidate();
+        let mut outcome =
+            outcome.map_err(|e| DaemonError::Internal(format!("apply task failed: {e}")))??;
+        // The host changed: the next verify happens now rather than at the next tick. With
+        // units checked it is also the apply's report: the session's own verify saw the units
+        // as they were before the reload (agentctl asks the bus again likewise).
+        if let Ok(verified) = self.verify_now().await
+            && units_checked
+        {
+            outcome.after = (*verified.report).clone();
+        }
         Ok(outcome)
     }
 
@@ -431,8 +452,10 @@ impl Daemon {
         let outcome = tokio::task::spawn_blocking(move || {
             with_session(&env, &handle, caller, None, |s| apply::rollback(s, force))
         })
-        .await
-        .map_err(|e| DaemonError::Internal(format!("rollback task failed: {e}")))??;
+        .await;
+        self.units.lock().await.invalidate();
+        let outcome =
+            outcome.map_err(|e| DaemonError::Internal(format!("rollback task failed: {e}")))??;
         let _ = self.verify_now().await;
         Ok(outcome)
     }
