@@ -98,6 +98,22 @@ pub fn target_dir() -> PathBuf {
 
 /// Where the rootfs (and debootstrap's .deb cache) is kept: `NODE_AGENT_E2E_CACHE`, else
 /// `<target>/e2e-cache`.
+/// This build's binary `name` (agentctl, node-agentd) to install into containers: from
+/// `NODE_AGENT_E2E_BIN_DIR` when set (e.g. a release build for a measurement), else
+/// target/debug. Panics saying how to build it when it is missing.
+pub fn agent_binary(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("NODE_AGENT_E2E_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug"));
+    let path = dir.join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build it first (cargo build -p node-agent; cargo test --workspace does)",
+            path.display()
+        )
+    })
+}
+
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os(CACHE_ENV) {
         Some(dir) => PathBuf::from(dir),
@@ -702,6 +718,30 @@ impl Container {
             command: describe(&cmd),
             source,
         })
+    }
+
+    /// Runs `args` inside: exit code (-1 when killed), stdout, stderr; panics only when the
+    /// command cannot be started at all.
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .exec(args)
+            .unwrap_or_else(|e| panic!("{args:?} in {}: {e}", self.name));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What an operator would look at when node-agentd misbehaves: its status and the last
+    /// `lines` of its journal.
+    pub fn node_agentd_diagnosis(&self, lines: u32) -> String {
+        let (_, status, _) =
+            self.run(&["systemctl", "status", "--no-pager", "--full", "node-agentd"]);
+        let n = lines.to_string();
+        let (_, journal, _) =
+            self.run(&["journalctl", "--no-pager", "-u", "node-agentd", "-n", &n]);
+        format!("--- systemctl status ---\n{status}--- journalctl -u node-agentd ---\n{journal}")
     }
 
     /// Like [`Self::exec`], but a non-zero exit status is an error; returns stdout.

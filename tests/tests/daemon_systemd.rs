@@ -63,55 +63,19 @@ const JOB_DEADLINE: &str = "30";
 /// How long the journal, the daemon status or the watch loop may take to show a change.
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// This build's binary `name` from target/debug.
-fn binary(name: &str) -> Vec<u8> {
-    let path = nspawn::target_dir().join("debug").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: build it first (cargo build -p node-agent; cargo test --workspace does)",
-            path.display()
-        )
-    })
-}
-
-/// Runs `args` inside the container: exit code, stdout, stderr.
-fn run(container: &Container, args: &[&str]) -> (i32, String, String) {
-    let out = container.exec(args).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// What an operator would look at when the daemon misbehaves.
-fn diagnose(container: &Container) -> String {
-    let (_, status, _) = run(
-        container,
-        &["systemctl", "status", "--no-pager", "--full", "node-agentd"],
-    );
-    let (_, journal, _) = run(
-        container,
-        &["journalctl", "--no-pager", "-u", "node-agentd", "-n", "60"],
-    );
-    format!("--- systemctl status ---\n{status}--- journalctl -u node-agentd ---\n{journal}")
-}
-
 /// `systemctl VERB node-agentd`, bounded by [`JOB_DEADLINE`]; panics with the unit's status and
 /// journal when it fails. Returns how long it took.
 fn systemctl(container: &Container, verb: &str) -> Duration {
     let started = Instant::now();
-    let (code, out, err) = run(
-        container,
-        &["timeout", JOB_DEADLINE, "systemctl", verb, "node-agentd"],
-    );
+    let (code, out, err) =
+        container.run(&["timeout", JOB_DEADLINE, "systemctl", verb, "node-agentd"]);
     let took = started.elapsed();
     assert_eq!(
         code,
         0,
         "systemctl {verb} node-agentd failed (exit {code}{}) after {took:?}: {out}{err}\n{}",
         if code == 124 { ": timed out" } else { "" },
-        diagnose(container)
+        container.node_agentd_diagnosis(60)
     );
     took
 }
@@ -124,7 +88,7 @@ fn show(container: &Container, props: &[&str]) -> BTreeMap<String, String> {
 /// `systemctl show -p P1,P2,… UNIT` as a map.
 fn show_unit(container: &Container, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
     let joined = props.join(",");
-    let (code, out, err) = run(container, &["systemctl", "show", "-p", &joined, unit]);
+    let (code, out, err) = container.run(&["systemctl", "show", "-p", &joined, unit]);
     assert_eq!(code, 0, "systemctl show {unit}: {err}");
     out.lines()
         .filter_map(|l| l.split_once('='))
@@ -151,7 +115,7 @@ fn poll<T>(
         if Instant::now() >= deadline {
             panic!(
                 "{what}: not within {within:?}; last seen: {last}\n{}",
-                diagnose(container)
+                container.node_agentd_diagnosis(60)
             );
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
@@ -161,17 +125,14 @@ fn poll<T>(
 
 /// The daemon's journal as JSON records (`journalctl -u node-agentd -o json`).
 fn journal_records(container: &Container) -> Vec<serde_json::Value> {
-    let (code, out, err) = run(
-        container,
-        &[
-            "journalctl",
-            "--no-pager",
-            "-u",
-            "node-agentd",
-            "-o",
-            "json",
-        ],
-    );
+    let (code, out, err) = container.run(&[
+        "journalctl",
+        "--no-pager",
+        "-u",
+        "node-agentd",
+        "-o",
+        "json",
+    ]);
     assert_eq!(code, 0, "journalctl: {err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -248,7 +209,7 @@ fn running_pid(container: &Container) -> u32 {
         (s["ActiveState"].as_str(), s["SubState"].as_str()),
         ("active", "running"),
         "{s:?}\n{}",
-        diagnose(container)
+        container.node_agentd_diagnosis(60)
     );
     let pid: u32 = s["MainPID"].parse().unwrap();
     assert_ne!(pid, 0, "{s:?}");
@@ -264,7 +225,7 @@ fn proc_status(container: &Container, pid: u32) -> String {
 
 /// `agentctl -o json daemon status` inside: exit code and the status.
 fn daemon_status(container: &Container) -> (i32, serde_json::Value) {
-    let (code, out, err) = run(container, &["agentctl", "-o", "json", "daemon", "status"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "daemon", "status"]);
     let status = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("daemon status (exit {code}): {e}: {out}{err}"));
     (code, status)
@@ -334,10 +295,14 @@ fn sysctl(container: &Container, key: &str) -> String {
 /// the starting settings, the admin group, and the stand-in trading units of `standins`.
 fn install(container: &Container, standins: &[UnitSpec]) {
     container
-        .write_file("/usr/bin/node-agentd", binary("node-agentd"), 0o755)
+        .write_file(
+            "/usr/bin/node-agentd",
+            nspawn::agent_binary("node-agentd"),
+            0o755,
+        )
         .unwrap();
     container
-        .write_file("/usr/bin/agentctl", binary("agentctl"), 0o755)
+        .write_file("/usr/bin/agentctl", nspawn::agent_binary("agentctl"), 0o755)
         .unwrap();
     container
         .write_file("/etc/systemd/system/node-agentd.service", UNIT_FILE, 0o644)
@@ -399,7 +364,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
     install(&container, &UnitSpec::trading_stack());
 
     // --- Start: Type=notify, so `systemctl start` returns once the daemon sent READY=1.
-    let (code, out, _) = run(&container, &["agentctl", "daemon", "status"]);
+    let (code, out, _) = container.run(&["agentctl", "daemon", "status"]);
     assert_eq!(code, 3, "no daemon yet: {out}");
     let start = systemctl(&container, "start");
     let pid = running_pid(&container);
@@ -408,7 +373,12 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
         &["Type", "NRestarts", "CapabilityBoundingSet", "Result"],
     );
     assert_eq!(unit["Type"], "notify");
-    assert_eq!(unit["NRestarts"], "0", "{}", diagnose(&container));
+    assert_eq!(
+        unit["NRestarts"],
+        "0",
+        "{}",
+        container.node_agentd_diagnosis(60)
+    );
     assert_eq!(unit["Result"], "success");
     let mut bounding: Vec<&str> = unit["CapabilityBoundingSet"].split(' ').collect();
     bounding.sort_unstable();
@@ -472,7 +442,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
     assert_eq!(records, 1, "one transition, one record");
 
     // --- agentctl inside, through the daemon.
-    let (code, out, err) = run(&container, &["agentctl", "daemon", "status"]);
+    let (code, out, err) = container.run(&["agentctl", "daemon", "status"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains(
@@ -481,7 +451,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
         "{out}"
     );
     assert!(out.contains("mode      observe"), "{out}");
-    let (code, out, err) = run(&container, &["agentctl", "-o", "json", "tune", "verify"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "tune", "verify"]);
     assert_eq!(code, 1, "drift: {out}{err}");
     assert!(
         !err.contains("not running"),
@@ -495,7 +465,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
         .find(|i| i["key"] == DRIFTING_SYSCTL)
         .unwrap_or_else(|| panic!("no {DRIFTING_SYSCTL} in {report:#}"));
     assert_eq!(item["status"], "drift", "{item:#}");
-    let (code, out, err) = run(&container, &["agentctl", "-o", "json", "units", "status"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "units", "status"]);
     assert_eq!(code, 1, "the trading units are not running: {out}{err}");
     let units: serde_json::Value = serde_json::from_str(&out).unwrap();
     let units: Vec<(&str, &str)> = units
@@ -627,12 +597,12 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
     let status = wait_profile(&container, "e2e-apply", 1);
     assert_eq!(status["summary"]["drift"], 1, "{status:#}");
     assert_eq!(sysctl(&container, DRIFTING_SYSCTL), "1");
-    let (code, out, err) = run(&container, &["agentctl", "-o", "json", "tune", "apply"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "tune", "apply"]);
     assert_eq!(
         code,
         0,
         "apply through the daemon: {out}{err}\n{}",
-        diagnose(&container)
+        container.node_agentd_diagnosis(60)
     );
     assert!(!err.contains("not running"), "{err}");
     assert_eq!(sysctl(&container, DRIFTING_SYSCTL), "3");
@@ -671,7 +641,7 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
         audit_log.contains("net.ipv4.tcp_fastopen: 1 -> 3"),
         "{audit_log}"
     );
-    let (code, out, err) = run(&container, &["agentctl", "tune", "rollback"]);
+    let (code, out, err) = container.run(&["agentctl", "tune", "rollback"]);
     assert_eq!(code, 0, "rollback through the daemon: {out}{err}");
     assert!(!err.contains("not running"), "{err}");
     assert_eq!(sysctl(&container, DRIFTING_SYSCTL), "1");
@@ -698,19 +668,24 @@ fn node_agentd_runs_under_systemd_with_its_unit_file() {
         ],
     );
     assert_eq!(s["ActiveState"], "inactive", "{s:?}");
-    assert_eq!(s["Result"], "success", "{s:?}\n{}", diagnose(&container));
+    assert_eq!(
+        s["Result"],
+        "success",
+        "{s:?}\n{}",
+        container.node_agentd_diagnosis(60)
+    );
     assert_eq!(
         (s["ExecMainCode"].as_str(), s["ExecMainStatus"].as_str()),
         ("1", "0"),
         "CLD_EXITED with 0, not CLD_KILLED by SIGTERM: {s:?}"
     );
     assert_eq!(s["MainPID"], "0", "{s:?}");
-    let (code, _, _) = run(&container, &["test", "-e", SOCKET]);
+    let (code, _, _) = container.run(&["test", "-e", SOCKET]);
     assert_ne!(code, 0, "{SOCKET} left behind");
-    let (code, _, err) = run(&container, &["agentctl", "daemon", "status"]);
+    let (code, _, err) = container.run(&["agentctl", "daemon", "status"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("node-agentd is not running"), "{err}");
-    let (_, _, err) = run(&container, &["agentctl", "tune", "verify"]);
+    let (_, _, err) = container.run(&["agentctl", "tune", "verify"]);
     assert!(
         err.contains("node-agentd is not running; verifying profile e2e-apply locally"),
         "without the daemon, verify says so: {err}"
@@ -817,12 +792,12 @@ fn remote(container: &Container, cn: &str, args: &[&str]) -> (i32, String, Strin
         &ca,
     ];
     argv.extend_from_slice(args);
-    let (code, out, err) = run(container, &argv);
+    let (code, out, err) = container.run(&argv);
     assert_ne!(
         code,
         124,
         "agentctl {args:?} as {cn}: no answer within {AGENTCTL_DEADLINE} s: {out}{err}\n{}",
-        diagnose(container)
+        container.node_agentd_diagnosis(60)
     );
     (code, out, err)
 }
@@ -926,26 +901,23 @@ fn remote_units_and_platform_over_mutual_tls() {
     let units = managed_units();
 
     // --- The test PKI, made inside the container as an operator would on a test host.
-    let (code, out, err) = run(
-        &container,
-        &[
-            "timeout",
-            AGENTCTL_DEADLINE,
-            "agentctl",
-            "certs",
-            "generate",
-            "--dir",
-            TLS_DIR,
-            "--server",
-            "127.0.0.1",
-            "--server",
-            "localhost",
-            "--observer",
-            "watcher",
-            "--operator",
-            "ops",
-        ],
-    );
+    let (code, out, err) = container.run(&[
+        "timeout",
+        AGENTCTL_DEADLINE,
+        "agentctl",
+        "certs",
+        "generate",
+        "--dir",
+        TLS_DIR,
+        "--server",
+        "127.0.0.1",
+        "--server",
+        "localhost",
+        "--observer",
+        "watcher",
+        "--operator",
+        "ops",
+    ]);
     assert_eq!(code, 0, "certs generate: {out}{err}");
     for line in [
         format!("cert = \"{TLS_DIR}/server.crt\""),
@@ -986,7 +958,7 @@ fn remote_units_and_platform_over_mutual_tls() {
         .unwrap();
     let mut argv = vec!["timeout", JOB_DEADLINE, "systemctl", "start"];
     argv.extend(units.iter().map(String::as_str));
-    let (code, out, err) = run(&container, &argv);
+    let (code, out, err) = container.run(&argv);
     assert_eq!(code, 0, "starting the stand-ins: {out}{err}");
     for unit in &units {
         wait_standin_started(&container, unit, unit_pid(&container, unit));

@@ -21,7 +21,6 @@
 //! Opt-in: `NODE_AGENT_SYSTEMD_TESTS=1`, as root (see the crate docs).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use node_agent_e2e::nspawn::{self, BootOptions, Container};
@@ -50,63 +49,23 @@ const UNIT_QUERIES: [&str; 4] = ["LoadUnit", "GetUnit", "GetAll", "Get"];
 /// Where dbus-monitor writes, inside (not under /run or /tmp: read through the root).
 const MONITOR_LOG: &str = "/var/log/e2e-systemd-calls.log";
 
-/// The binary `name`: from `NODE_AGENT_E2E_BIN_DIR`, else this build's target/debug.
-fn binary(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("NODE_AGENT_E2E_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| nspawn::target_dir().join("debug"));
-    let path = dir.join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: build it first (cargo build -p node-agent; cargo test --workspace does)",
-            path.display()
-        )
-    })
-}
-
-/// Runs `args` inside the container: exit code, stdout, stderr.
-fn run(container: &Container, args: &[&str]) -> (i32, String, String) {
-    let out = container.exec(args).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// What to look at when the daemon misbehaves.
-fn diagnose(container: &Container) -> String {
-    let (_, status, _) = run(
-        container,
-        &["systemctl", "status", "--no-pager", "--full", "node-agentd"],
-    );
-    let (_, journal, _) = run(
-        container,
-        &["journalctl", "--no-pager", "-u", "node-agentd", "-n", "40"],
-    );
-    format!("--- systemctl status ---\n{status}--- journalctl -u node-agentd ---\n{journal}")
-}
-
 /// `systemctl ARGS…`, bounded by [`JOB_DEADLINE`]; panics with the daemon's diagnosis.
 fn systemctl(container: &Container, args: &[&str]) {
     let mut all = vec!["timeout", JOB_DEADLINE, "systemctl"];
     all.extend_from_slice(args);
-    let (code, out, err) = run(container, &all);
+    let (code, out, err) = container.run(&all);
     assert_eq!(
         code,
         0,
         "systemctl {args:?} failed (exit {code}{}): {out}{err}\n{}",
         if code == 124 { ": timed out" } else { "" },
-        diagnose(container)
+        container.node_agentd_diagnosis(40)
     );
 }
 
 /// `systemctl show -p PROP UNIT`'s value.
 fn show(container: &Container, unit: &str, prop: &str) -> String {
-    let (code, out, err) = run(
-        container,
-        &["systemctl", "show", "-p", prop, "--value", unit],
-    );
+    let (code, out, err) = container.run(&["systemctl", "show", "-p", prop, "--value", unit]);
     assert_eq!(code, 0, "systemctl show {unit}: {err}");
     out.trim().to_owned()
 }
@@ -133,7 +92,7 @@ fn poll<T>(
         if Instant::now() >= deadline {
             panic!(
                 "{what}: not within {within:?}; last seen: {last}\n{}",
-                diagnose(container)
+                container.node_agentd_diagnosis(40)
             );
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
@@ -143,11 +102,11 @@ fn poll<T>(
 
 /// One Verify RPC: `agentctl -o json tune verify` inside, which must go through the daemon.
 fn verify(container: &Container) -> serde_json::Value {
-    let (code, out, err) = run(container, &["agentctl", "-o", "json", "tune", "verify"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "tune", "verify"]);
     assert!(
         matches!(code, 0 | 1),
         "verify: exit {code}: {out}{err}\n{}",
-        diagnose(container)
+        container.node_agentd_diagnosis(40)
     );
     assert!(
         !err.contains("not running"),
@@ -184,10 +143,14 @@ fn unit_value(report: &serde_json::Value, unit: &str, kind: &str) -> String {
 /// stand-in units; starts the stand-ins and the daemon.
 fn install_and_start(container: &Container) {
     container
-        .write_file("/usr/bin/node-agentd", binary("node-agentd"), 0o755)
+        .write_file(
+            "/usr/bin/node-agentd",
+            nspawn::agent_binary("node-agentd"),
+            0o755,
+        )
         .unwrap();
     container
-        .write_file("/usr/bin/agentctl", binary("agentctl"), 0o755)
+        .write_file("/usr/bin/agentctl", nspawn::agent_binary("agentctl"), 0o755)
         .unwrap();
     container
         .write_file("/etc/systemd/system/node-agentd.service", UNIT_FILE, 0o644)
@@ -308,10 +271,8 @@ impl Drop for Monitor<'_> {
 
 /// The daemon's connections on the system bus (unique names of its PID, from `busctl list`).
 fn bus_names_of(container: &Container, pid: u32) -> BTreeSet<String> {
-    let (code, out, err) = run(
-        container,
-        &["busctl", "list", "--no-pager", "--no-legend", "--unique"],
-    );
+    let (code, out, err) =
+        container.run(&["busctl", "list", "--no-pager", "--no-legend", "--unique"]);
     assert_eq!(code, 0, "busctl list: {err}");
     out.lines()
         .filter_map(|l| {
@@ -358,7 +319,7 @@ fn daemon_asks_systemd_again_only_after_a_signalled_change() {
     let container = Container::boot("na-units-cache", BootOptions::new()).unwrap();
     install_and_start(&container);
     let daemon_pid = main_pid(&container, "node-agentd");
-    assert_ne!(daemon_pid, 0, "{}", diagnose(&container));
+    assert_ne!(daemon_pid, 0, "{}", container.node_agentd_diagnosis(40));
     // Ended (by its PID) before the container is.
     let monitor = Monitor::start(&container);
 
@@ -476,12 +437,12 @@ fn daemon_asks_systemd_again_only_after_a_signalled_change() {
     // systemd; the verify after each shows the result.
     let drop_in = format!("/etc/systemd/system/{unit}.d/zz-node-agent-limits.conf");
     monitor.mark("apply_0");
-    let (code, out, err) = run(&container, &["agentctl", "-o", "json", "tune", "apply"]);
+    let (code, out, err) = container.run(&["agentctl", "-o", "json", "tune", "apply"]);
     // 1: findings remain (the running processes' limits: only a restart changes them).
     assert!(
         matches!(code, 0 | 1),
         "apply: exit {code}: {out}{err}\n{}",
-        diagnose(&container)
+        container.node_agentd_diagnosis(40)
     );
     assert!(!err.contains("not running"), "{err}");
     let applied: serde_json::Value =
@@ -503,8 +464,13 @@ fn daemon_asks_systemd_again_only_after_a_signalled_change() {
     );
     let report = verify(&container);
     assert_eq!(unit_value(&report, unit, "soft"), "1000000", "{report:#}");
-    let (code, out, err) = run(&container, &["agentctl", "tune", "rollback"]);
-    assert_eq!(code, 0, "rollback: {out}{err}\n{}", diagnose(&container));
+    let (code, out, err) = container.run(&["agentctl", "tune", "rollback"]);
+    assert_eq!(
+        code,
+        0,
+        "rollback: {out}{err}\n{}",
+        container.node_agentd_diagnosis(40)
+    );
     assert_eq!(container.read_file(&drop_in).unwrap(), None);
     let report = verify(&container);
     assert_eq!(unit_value(&report, unit, "soft"), "500000", "{report:#}");
@@ -569,13 +535,13 @@ fn verify_latency_through_the_daemon() {
          i=$((i + 1)); done"
     );
     let busy_before = bus_side_cpu(&container);
-    let (code, out, err) = run(&container, &["timeout", "600", "sh", "-c", &script]);
+    let (code, out, err) = container.run(&["timeout", "600", "sh", "-c", &script]);
     assert_eq!(code, 0, "{err}");
     let bus_side = bus_side_cpu(&container) - busy_before;
     let mut ns: Vec<u64> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     // And the floor: the same agentctl asking the daemon for its status (no verify).
     let script = script.replace("tune verify", "daemon status");
-    let (code, out, err) = run(&container, &["timeout", "600", "sh", "-c", &script]);
+    let (code, out, err) = container.run(&["timeout", "600", "sh", "-c", &script]);
     assert!(matches!(code, 0 | 1), "{err}");
     let mut floor: Vec<u64> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     let pct = |v: &mut Vec<u64>, p: usize| {

@@ -434,15 +434,12 @@ fn watch_reports_state_changes() {
 
 /// Copies this build's agentctl into the container (same Debian release, same glibc).
 fn install_agentctl(container: &Container) {
-    let binary = nspawn::target_dir().join("debug/agentctl");
-    let bytes = std::fs::read(&binary).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: build it first (cargo build -p node-agent; cargo test --workspace does)",
-            binary.display()
-        )
-    });
     container
-        .write_file("/usr/local/bin/agentctl", bytes, 0o755)
+        .write_file(
+            "/usr/local/bin/agentctl",
+            nspawn::agent_binary("agentctl"),
+            0o755,
+        )
         .unwrap();
 }
 
@@ -451,12 +448,7 @@ fn install_agentctl(container: &Container) {
 fn agentctl_inside(container: &Container, args: &[&str]) -> (i32, String, String) {
     let mut argv = vec!["/usr/local/bin/agentctl"];
     argv.extend_from_slice(args);
-    let out = container.exec(&argv).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    container.run(&argv)
 }
 
 fn item<'a>(report: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
