@@ -2,6 +2,9 @@
 //! `CASES`, by the library and by `agentctl` (exit 2, the message on stderr, nothing on stdout),
 //! and rejecting it must not touch the host.
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -492,45 +495,15 @@ fn assert_invalid(out: &Output, expected: &str, what: &str) -> Result<(), String
     Ok(())
 }
 
-/// Runs `check` on every case and fails once, listing every case that went wrong.
-fn for_each_case(check: impl Fn(&str, &str) -> Result<(), String>) {
-    let failures: Vec<String> = CASES
-        .iter()
-        .filter_map(|(case, expected)| check(case, expected).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
-}
-
 #[test]
 fn corpus_and_table_list_the_same_cases() {
-    let mut on_disk: Vec<String> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .map(|name| {
-            name.strip_suffix(".toml")
-                .unwrap_or_else(|| panic!("{name}: only .toml cases belong in the corpus"))
-                .to_owned()
-        })
-        .collect();
-    on_disk.sort();
-    let mut in_table: Vec<String> = CASES.iter().map(|(c, _)| c.to_string()).collect();
-    in_table.sort();
-    let before = in_table.len();
-    in_table.dedup();
-    assert_eq!(before, in_table.len(), "a case is listed twice in CASES");
-    assert_eq!(on_disk, in_table);
+    corpus::assert_corpus_matches(&corpus_dir(), CASES);
 }
 
 #[test]
 fn library_rejects_each_case_with_its_message() {
     let env = Env::new();
-    for_each_case(|case, expected| {
+    corpus::for_each_case(CASES, |case, expected| {
         let expected = env.expected(expected);
         match profile::load(case_path(case).to_str().unwrap(), &env.search()) {
             Ok(p) => Err(format!("{case}: loaded as {p:?}")),
@@ -546,7 +519,7 @@ fn library_rejects_each_case_with_its_message() {
 #[test]
 fn profile_check_rejects_each_case_with_exit_2() {
     let env = Env::new();
-    for_each_case(|case, expected| {
+    corpus::for_each_case(CASES, |case, expected| {
         let file = case_path(case);
         let out = env.agentctl(&["profile", "check", file.to_str().unwrap()]);
         assert_invalid(&out, &env.expected(expected), case)
@@ -556,7 +529,7 @@ fn profile_check_rejects_each_case_with_exit_2() {
 #[test]
 fn tune_verify_rejects_each_case_with_exit_2() {
     let env = Env::new();
-    for_each_case(|case, expected| {
+    corpus::for_each_case(CASES, |case, expected| {
         let file = case_path(case);
         let out = env.agentctl(&["tune", "verify", "--profile", file.to_str().unwrap()]);
         assert_invalid(&out, &env.expected(expected), case)?;

@@ -3,6 +3,9 @@
 //! stderr, nothing on stdout); a file that sets every key parses to exactly the typed values;
 //! sections left out take their defaults.
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -268,37 +271,12 @@ fn expected(template: &str) -> String {
 
 /// Runs `check` on every case and fails once, listing every case that went wrong.
 fn for_each_case(check: impl Fn(&str, &str) -> Result<(), String>) {
-    let failures: Vec<String> = CASES
-        .iter()
-        .filter_map(|(case, template)| check(case, &expected(template)).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
+    corpus::for_each_case(CASES, |case, template| check(case, &expected(template)));
 }
 
 #[test]
 fn corpus_and_table_list_the_same_cases() {
-    let mut on_disk: Vec<String> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .map(|name| {
-            name.strip_suffix(".toml")
-                .unwrap_or_else(|| panic!("{name}: only .toml cases belong in the corpus"))
-                .to_owned()
-        })
-        .collect();
-    on_disk.sort();
-    let mut in_table: Vec<String> = CASES.iter().map(|(c, _)| c.to_string()).collect();
-    in_table.sort();
-    let before = in_table.len();
-    in_table.dedup();
-    assert_eq!(before, in_table.len(), "a case is listed twice in CASES");
-    assert_eq!(on_disk, in_table);
+    corpus::assert_corpus_matches(&corpus_dir(), CASES);
 }
 
 #[test]
