@@ -9,6 +9,9 @@ use prost::Message as _;
 /// Every .proto file of the API, relative to this crate (which is also the include root).
 const PROTOS: &[&str] = &["nodeagent/v1/agent.proto"];
 
+/// The collector's Fleet API, compiled on its own (see `main`).
+const FLEET_PROTOS: &[&str] = &["nodeagent/fleet/v1/fleet.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Nothing else emits these on the compile_fds path. The directory catches added files.
     println!("cargo:rerun-if-changed=build.rs");
@@ -32,5 +35,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // The collector's Fleet API (package nodeagent.fleet.v1): a descriptor set of its own, so
+    // the agent's reflection and its API record stay exactly nodeagent.v1.
+    for proto in FLEET_PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fleet = protox::compile(FLEET_PROTOS, ["."])?;
+    std::fs::write(out_dir.join("fleet_descriptor.bin"), fleet.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fleet)?;
     Ok(())
 }

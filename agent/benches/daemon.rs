@@ -671,7 +671,7 @@ fn write_settings(
 ) -> PathBuf {
     let text = format!(
         "[agent]\nprofile = \"{profile}\"\nmode = \"observe\"\nverify_interval = \"{interval}\"\n\
-         \n[listen]\nsocket = {socket}\nsocket_group = \"root\"\ntcp = \"127.0.0.1:{port}\"\n\
+         \n[listen]\nsocket = {socket}\nsocket_group = \"root\"\ntcp = \"127.0.0.1:{port}\"\nmetrics = \"off\"\n\
          \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
          \n[roles]\nobservers = [\"{OBSERVER}\"]\n",
         socket = toml_str(&dir.join("agent.sock")),

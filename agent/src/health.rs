@@ -27,10 +27,10 @@
 //!   `crit`; a name that does not resolve is `unknown` (the check could not run).
 //! - Clock: not synchronised (STA_UNSYNC) is `crit`; an estimated error at or above
 //!   `clock_max_error` (default 1 ms, MiFID II RTS 25's bound for algorithmic trading that is
-//!   not high-frequency) is `warn`. Reading the kernel's view needs adjtimex(2), for which
-//!   neither nix 0.32 nor rustix 1.1 has a safe binding, and `unsafe_code` is forbidden in this
-//!   workspace: [`read_clock`] therefore reports `unknown` with that reason until a safe
-//!   reader exists; [`clock_check`] already evaluates a reading.
+//!   not high-frequency) is `warn`. The kernel's view comes from adjtimex(2) in read-only mode
+//!   ([`read_clock`], the workspace's one audited `unsafe`: nothing safe binds it). Like the
+//!   managed units (asked over D-Bus), it is checked on the live host only, never under a
+//!   fixture root.
 //! - Managed units: `crit` unless ActiveState is `active`. Drift: `warn` when the verify
 //!   summary has any item that makes `tune verify` exit 1 (drift, pending-reboot,
 //!   not-persistent, error), naming the counts.
@@ -117,6 +117,33 @@ impl Check {
         reason: impl Into<String>,
     ) -> Check {
         Check::new(name, Status::Unknown, None, threshold, reason)
+    }
+
+    /// The unit of the value, from the check's name: `%` for disk, inodes, memory and CPU,
+    /// `ms` for TCP and the clock, none for counts (drift) and flags (units: 1 active).
+    pub fn unit(&self) -> &'static str {
+        let n = self.name.as_str();
+        if n.starts_with("disk.") || n.starts_with("memory.") || n.starts_with("cpu.") {
+            "%"
+        } else if n.starts_with("tcp.") || n == "clock.sync" {
+            "ms"
+        } else {
+            ""
+        }
+    }
+
+    /// The value with its unit (`91.2 %`, `4.05 ms`, `3`); empty without a value.
+    pub fn value_text(&self) -> String {
+        match self.value {
+            None => String::new(),
+            Some(v) => {
+                let v = (v * 1000.0).round() / 1000.0;
+                match self.unit() {
+                    "" => format!("{v}"),
+                    u => format!("{v} {u}"),
+                }
+            }
+        }
     }
 }
 
@@ -257,6 +284,31 @@ pub struct CpuLayout {
     pub isolated: CpuList,
 }
 
+/// The inputs the checks take from elsewhere: the profile's isolation layout, the managed
+/// units' states from systemd over `bus` (only on the live host: a fixture tree has no
+/// systemd), and the drift summary the caller has.
+pub async fn gather_inputs(
+    host: &HostRoot,
+    bus: &str,
+    isolation: Option<&crate::profile::Isolation>,
+    managed: &[crate::profile::types::UnitName],
+    drift: Option<Result<Summary, String>>,
+) -> HealthInputs {
+    let units = if managed.is_empty() || !host.is_live() {
+        None
+    } else {
+        Some(crate::units::active_states(bus, managed).await)
+    };
+    HealthInputs {
+        layout: isolation.map(|i| CpuLayout {
+            housekeeping: i.housekeeping_cpus.clone(),
+            isolated: i.isolated_cpus.clone(),
+        }),
+        units,
+        drift,
+    }
+}
+
 /// Runs every check: CPU sampling and the TCP endpoints concurrently, the rest in between.
 /// One run takes about max(cpu_sample_interval, tcp_timeout) at worst.
 pub async fn run(
@@ -272,7 +324,10 @@ pub async fn run(
     checks.push(memory_check(host, settings));
     checks.extend(cpu);
     checks.extend(tcp);
-    checks.push(clock_check(read_clock(), settings));
+    // The clock is the kernel's, not a file: a fixture tree has none to read.
+    if host.is_live() {
+        checks.push(clock_check(read_clock(), settings));
+    }
     if let Some(units) = &inputs.units {
         checks.extend(unit_checks(units));
     }
@@ -688,14 +743,41 @@ pub struct ClockReading {
     pub max_error_us: u64,
 }
 
-/// Reads the kernel's clock state. adjtimex(2) has no safe binding in nix 0.32 or rustix 1.1
-/// and this workspace forbids `unsafe`, so this returns the reason instead of a reading.
+/// Reads the kernel's clock state with adjtimex(2) in read-only mode (`modes = 0`, allowed
+/// without privileges). Synchronised means STA_UNSYNC clear and a clock state other than
+/// TIME_ERROR, as chrony, ntpd and systemd-timesyncd leave it.
+///
+/// This is the workspace's one `unsafe` (the lint is `deny`, allowed here only): neither nix
+/// 0.32 nor rustix 1.1 binds adjtimex, and a D-Bus detour through timedated gives the flag but
+/// not the estimated error the check needs.
+#[allow(unsafe_code)]
 pub fn read_clock() -> Result<ClockReading, String> {
-    Err(
-        "clock state not readable: adjtimex(2) has no safe binding in nix 0.32 or rustix 1.1 \
-         and unsafe code is forbidden in node-agent"
-            .to_owned(),
-    )
+    // SAFETY: `timex` is plain old data for which all-zero bytes are a valid value.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is to a live, exclusively borrowed `timex` for the whole call; with
+    // `modes == 0` the kernel changes nothing and only writes the struct back.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EPERM) {
+            format!(
+                "adjtimex(2) refused ({e}): a seccomp filter denies it here, such as systemd's \
+                 ProtectClock= or a container without CAP_SYS_TIME"
+            )
+        } else {
+            format!("adjtimex(2) failed: {e}")
+        });
+    }
+    Ok(clock_reading(state, tx.status, tx.esterror, tx.maxerror))
+}
+
+/// The reading from adjtimex's return value and fields (negative errors count as 0).
+pub fn clock_reading(state: i32, status: i32, esterror: i64, maxerror: i64) -> ClockReading {
+    ClockReading {
+        synchronised: status & libc::STA_UNSYNC == 0 && state != libc::TIME_ERROR,
+        estimated_error_us: u64::try_from(esterror).unwrap_or(0),
+        max_error_us: u64::try_from(maxerror).unwrap_or(0),
+    }
 }
 
 /// `clock.sync` from a reading: unsynchronised is crit, estimated error at or above the

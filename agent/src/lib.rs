@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod profile;
 pub mod rollback;
 pub mod settings;

@@ -755,8 +755,9 @@ pub struct Listen {
     /// gRPC over TCP with mutual TLS; requires `[tls]`. None: no TCP listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<SocketAddr>,
-    /// Prometheus metrics over plain HTTP (read-only). None: no metrics endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Prometheus metrics over plain HTTP (read-only): 127.0.0.1:9750 unless set; `"off"` in
+    /// the file (None here) means no metrics endpoint.
+    #[serde(serialize_with = "metrics_addr")]
     pub metrics: Option<SocketAddr>,
 }
 
@@ -766,7 +767,7 @@ impl Default for Listen {
             socket: PathBuf::from("/run/node-agent/agent.sock"),
             socket_group: GroupName("node-agent-admin".into()),
             tcp: None,
-            metrics: None,
+            metrics: Some(DEFAULT_METRICS),
         }
     }
 }
@@ -779,7 +780,44 @@ struct ListenRaw {
     socket: Option<SocketPath>,
     socket_group: Option<GroupName>,
     tcp: Option<toml::Spanned<ListenAddr>>,
-    metrics: Option<toml::Spanned<ListenAddr>>,
+    metrics: Option<toml::Spanned<MetricsAddr>>,
+}
+
+/// The metrics endpoint's default: loopback only.
+pub const DEFAULT_METRICS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9750);
+
+/// `listen.metrics` as written: an address, or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetricsAddr(Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(MetricsAddr(None));
+        }
+        s.parse::<ListenAddr>()
+            .map(|a| MetricsAddr(Some(a.0)))
+            .map_err(|e| format!("{e}, or \"off\""))
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+serde_via_str!(
+    MetricsAddr,
+    "an address such as \"127.0.0.1:9750\", or \"off\""
+);
+
+fn metrics_addr<S: serde::Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&MetricsAddr(*a))
 }
 
 /// `[tls]`: the TCP listener's identity and the CA its clients' certificates must chain to.
@@ -1093,6 +1131,397 @@ impl<'de> Deserialize<'de> for Units {
 }
 
 // ---------------------------------------------------------------------------------------------
+// [health]
+// ---------------------------------------------------------------------------------------------
+
+/// A percentage threshold, 1-100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Percent(u8);
+
+impl Percent {
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        count_in::<_, u8, 1, 100>(d).map(Percent)
+    }
+}
+
+/// `{ warn = 85, crit = 95 }`: percentages, warn at most crit (equal: never warn, only crit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PercentBounds {
+    pub warn: Percent,
+    pub crit: Percent,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PercentBoundsRaw {
+    warn: Percent,
+    crit: Percent,
+}
+
+impl<'de> Deserialize<'de> for PercentBounds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = PercentBoundsRaw::deserialize(d)?;
+        if raw.warn > raw.crit {
+            return Err(serde::de::Error::custom(format!(
+                "warn {} is above crit {}: warn must be at most crit",
+                raw.warn.0, raw.crit.0
+            )));
+        }
+        Ok(PercentBounds {
+            warn: raw.warn,
+            crit: raw.crit,
+        })
+    }
+}
+
+impl PercentBounds {
+    /// Checked bounds: each 1-100, warn at most crit.
+    pub fn new(warn: u8, crit: u8) -> Result<PercentBounds, String> {
+        if !(1..=100).contains(&warn) || !(1..=100).contains(&crit) || warn > crit {
+            return Err(format!(
+                "invalid bounds warn {warn}, crit {crit}: each 1-100, warn at most crit"
+            ));
+        }
+        Ok(PercentBounds::known(warn, crit))
+    }
+
+    const fn known(warn: u8, crit: u8) -> PercentBounds {
+        PercentBounds {
+            warn: Percent(warn),
+            crit: Percent(crit),
+        }
+    }
+
+    fn thresholds(self) -> crate::health::Thresholds {
+        crate::health::Thresholds {
+            warn: f64::from(self.warn.0),
+            crit: f64::from(self.crit.0),
+        }
+    }
+}
+
+/// `{ warn = "10ms", crit = "30ms" }`: connect latencies, warn at most crit, each 1 ms to 10 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencyBounds {
+    pub warn: Timeout,
+    pub crit: Timeout,
+}
+
+/// serde `deserialize_with` for a short duration: 1 ms to 10 s.
+fn short_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Timeout, D::Error> {
+    let text = DurationText::deserialize(d)?.0;
+    let v = parse_duration(&text).map_err(serde::de::Error::custom)?;
+    let (min, max) = (Duration::from_millis(1), Duration::from_secs(10));
+    if v < min || v > max {
+        return Err(serde::de::Error::custom(format!(
+            "{} is out of range: must be from 1ms to 10s",
+            show_duration(v)
+        )));
+    }
+    Ok(Timeout(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyBoundsRaw {
+    #[serde(deserialize_with = "short_duration")]
+    warn: Timeout,
+    #[serde(deserialize_with = "short_duration")]
+    crit: Timeout,
+}
+
+impl<'de> Deserialize<'de> for LatencyBounds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = LatencyBoundsRaw::deserialize(d)?;
+        if raw.warn > raw.crit {
+            return Err(serde::de::Error::custom(format!(
+                "warn {} is above crit {}: warn must be at most crit",
+                raw.warn, raw.crit
+            )));
+        }
+        Ok(LatencyBounds {
+            warn: raw.warn,
+            crit: raw.crit,
+        })
+    }
+}
+
+/// The name of a TCP endpoint, used in the check name `tcp.<name>` and as a metric label:
+/// 1-64 characters of lowercase letters, digits, `-` and `_`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointName(String);
+
+impl EndpointName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EndpointName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+        if !valid {
+            return Err(format!(
+                "invalid endpoint name {s:?}: 1-64 characters of lowercase letters, digits, \
+                 '-' and '_', starting with a letter"
+            ));
+        }
+        Ok(EndpointName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+serde_via_str!(EndpointName, "an endpoint name such as \"exchange-front\"");
+
+/// Where a TCP endpoint is: `HOST:PORT` with HOST an IPv4 address, a bracketed IPv6 address
+/// or a DNS name (resolved at each check, within its timeout), and a port from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointAddr(String);
+
+impl EndpointAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EndpointAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid endpoint address {s:?}: {why} (expected HOST:PORT such as \
+                 \"10.0.0.5:9000\", \"[fd00::5]:9000\" or \"db1.example.net:5432\")"
+            )
+        };
+        if s.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
+            return Ok(EndpointAddr(s.to_owned()));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(bad("the port must be a number from 1 to 65535")),
+        }
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad("the host is neither an IP address nor a DNS name"));
+        }
+        Ok(EndpointAddr(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+serde_via_str!(EndpointAddr, "an address such as \"10.0.0.5:9000\"");
+
+/// `[health]`: the host health checks (`agentctl health`, GetHealth, the metrics), with the
+/// operations manual's thresholds as defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// How often the daemon runs the checks for its metrics: 5 s to 1 h.
+    pub interval: Timeout,
+    /// Mount points whose disk and inode usage is checked.
+    pub mounts: Vec<PathBuf>,
+    pub disk: PercentBounds,
+    pub inodes: PercentBounds,
+    pub memory: PercentBounds,
+    /// Housekeeping CPUs only when the profile has an isolation layout.
+    pub cpu: PercentBounds,
+    /// Between the two /proc/stat samples: 10 ms to 5 s.
+    pub cpu_sample_interval: Timeout,
+    pub tcp_latency: LatencyBounds,
+    /// Bound on resolution plus connect, per endpoint: at least `tcp_latency.crit`, at most 10 s.
+    pub tcp_timeout: Timeout,
+    /// The kernel's estimated clock error at or above which `clock.sync` warns: 1 ms to 10 s.
+    pub clock_max_error: Timeout,
+    /// Endpoints timed by TCP connect: name → HOST:PORT.
+    pub endpoints: BTreeMap<EndpointName, EndpointAddr>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            interval: Timeout(Duration::from_secs(30)),
+            mounts: vec![PathBuf::from("/"), PathBuf::from("/var")],
+            disk: PercentBounds::known(85, 95),
+            inodes: PercentBounds::known(85, 95),
+            memory: PercentBounds::known(70, 85),
+            cpu: PercentBounds::known(70, 85),
+            cpu_sample_interval: Timeout(Duration::from_millis(250)),
+            tcp_latency: LatencyBounds {
+                warn: Timeout(Duration::from_millis(10)),
+                crit: Timeout(Duration::from_millis(30)),
+            },
+            tcp_timeout: Timeout(Duration::from_secs(1)),
+            clock_max_error: Timeout(Duration::from_millis(1)),
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// A mount point to check: `/` itself or an [`AbsPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountPoint(PathBuf);
+
+impl FromStr for MountPoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "/" {
+            return Ok(MountPoint(PathBuf::from("/")));
+        }
+        s.parse::<AbsPath>().map(|p| MountPoint(p.0))
+    }
+}
+
+impl fmt::Display for MountPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+serde_via_str!(MountPoint, "a mount point such as \"/var\"");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthRaw {
+    #[serde(default, deserialize_with = "opt_duration_in::<_, 5, 3600>")]
+    interval: Option<Timeout>,
+    mounts: Option<Vec<MountPoint>>,
+    disk: Option<PercentBounds>,
+    inodes: Option<PercentBounds>,
+    memory: Option<PercentBounds>,
+    cpu: Option<PercentBounds>,
+    #[serde(default, deserialize_with = "opt_sample_interval")]
+    cpu_sample_interval: Option<Timeout>,
+    tcp_latency: Option<LatencyBounds>,
+    #[serde(default, deserialize_with = "opt_short_duration")]
+    tcp_timeout: Option<Timeout>,
+    #[serde(default, deserialize_with = "opt_short_duration")]
+    clock_max_error: Option<Timeout>,
+    endpoints: Option<BTreeMap<EndpointName, EndpointAddr>>,
+}
+
+fn opt_duration_in<'de, D: Deserializer<'de>, const MIN_S: u64, const MAX_S: u64>(
+    d: D,
+) -> Result<Option<Timeout>, D::Error> {
+    duration_in::<D, MIN_S, MAX_S>(d).map(Some)
+}
+
+fn opt_short_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timeout>, D::Error> {
+    short_duration(d).map(Some)
+}
+
+/// `health.cpu_sample_interval`: 10 ms to 5 s.
+fn opt_sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timeout>, D::Error> {
+    let v = short_duration(d)?;
+    if v.0 < Duration::from_millis(10) || v.0 > Duration::from_secs(5) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range: must be from 10ms to 5s"
+        )));
+    }
+    Ok(Some(v))
+}
+
+impl<'de> Deserialize<'de> for Health {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = HealthRaw::deserialize(d)?;
+        let defaults = Health::default();
+        let mounts: Vec<PathBuf> = match raw.mounts {
+            Some(m) => m.into_iter().map(|m| m.0).collect(),
+            None => defaults.mounts,
+        };
+        if let Some((i, m)) = mounts
+            .iter()
+            .enumerate()
+            .find(|(i, m)| mounts[..*i].contains(m))
+        {
+            return Err(D::Error::custom(format!(
+                "mounts: {} is listed twice (entry {})",
+                m.display(),
+                i + 1
+            )));
+        }
+        let tcp_latency = raw.tcp_latency.unwrap_or(defaults.tcp_latency);
+        let tcp_timeout = raw.tcp_timeout.unwrap_or(defaults.tcp_timeout);
+        if tcp_timeout < tcp_latency.crit {
+            return Err(D::Error::custom(format!(
+                "tcp_timeout {tcp_timeout} is below tcp_latency.crit {}: a connect slower than \
+                 crit must still be measured",
+                tcp_latency.crit
+            )));
+        }
+        Ok(Health {
+            interval: raw.interval.unwrap_or(defaults.interval),
+            mounts,
+            disk: raw.disk.unwrap_or(defaults.disk),
+            inodes: raw.inodes.unwrap_or(defaults.inodes),
+            memory: raw.memory.unwrap_or(defaults.memory),
+            cpu: raw.cpu.unwrap_or(defaults.cpu),
+            cpu_sample_interval: raw
+                .cpu_sample_interval
+                .unwrap_or(defaults.cpu_sample_interval),
+            tcp_latency,
+            tcp_timeout,
+            clock_max_error: raw.clock_max_error.unwrap_or(defaults.clock_max_error),
+            endpoints: raw.endpoints.unwrap_or_default(),
+        })
+    }
+}
+
+impl Health {
+    /// What the checks (crate::health) are held to.
+    pub fn checks(&self) -> crate::health::HealthSettings {
+        crate::health::HealthSettings {
+            mounts: self
+                .mounts
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect(),
+            disk: self.disk.thresholds(),
+            inodes: self.inodes.thresholds(),
+            memory: self.memory.thresholds(),
+            cpu: self.cpu.thresholds(),
+            cpu_sample_interval: self.cpu_sample_interval.0,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|(n, a)| crate::health::Endpoint {
+                    name: n.to_string(),
+                    address: a.to_string(),
+                })
+                .collect(),
+            tcp_latency_ms: crate::health::Thresholds {
+                warn: self.tcp_latency.warn.0.as_secs_f64() * 1000.0,
+                crit: self.tcp_latency.crit.0.as_secs_f64() * 1000.0,
+            },
+            tcp_timeout: self.tcp_timeout.0,
+            clock_max_error: self.clock_max_error.0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The file
 // ---------------------------------------------------------------------------------------------
 
@@ -1109,6 +1538,7 @@ pub struct Settings {
     pub roles: Roles,
     pub rpc: RpcLimits,
     pub units: Units,
+    pub health: Health,
 }
 
 /// The file as written: each section validated on its own while parsing.
@@ -1129,6 +1559,8 @@ struct SettingsRaw {
     rpc: RpcLimits,
     #[serde(default)]
     units: Units,
+    #[serde(default)]
+    health: Health,
 }
 
 /// Whether two listeners would bind the same port (the same address, or a wildcard address
@@ -1198,7 +1630,8 @@ impl Settings {
             ));
         }
         if let (Some(tcp), Some(metrics)) = (tcp, metrics)
-            && same_port(tcp.get_ref().0, metrics.get_ref().0)
+            && let Some(m) = metrics.get_ref().0
+            && same_port(tcp.get_ref().0, m)
         {
             return Err(at(
                 metrics.span(),
@@ -1217,12 +1650,13 @@ impl Settings {
                 socket: raw.listen.socket.map_or(defaults.socket, |s| s.0),
                 socket_group: raw.listen.socket_group.unwrap_or(defaults.socket_group),
                 tcp: tcp.map(|t| t.get_ref().0),
-                metrics: metrics.map(|m| m.get_ref().0),
+                metrics: metrics.map_or(defaults.metrics, |m| m.get_ref().0),
             },
             tls: raw.tls,
             roles: raw.roles,
             rpc: raw.rpc,
             units: raw.units,
+            health: raw.health,
         })
     }
 }
@@ -1236,10 +1670,21 @@ mod tests {
         Settings::parse(text).map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message))
     }
 
+    /// The packaged agent.toml shows every default; its one documented difference is the
+    /// profile the package starts the daemon with (docs/ARCHITECTURE.md, "Packages"), and
+    /// that only in observe mode without apply_on_start.
     #[test]
     fn shipped_example_is_the_defaults() {
         let text = include_str!("../../packaging/agent.toml");
-        assert_eq!(parse(text).unwrap(), Settings::default());
+        let mut shipped = parse(text).unwrap();
+        assert_eq!(
+            shipped.agent.profile,
+            Some(ProfileSpec::Name("trading-latency".parse().unwrap()))
+        );
+        assert_eq!(shipped.agent.mode, Mode::Observe);
+        assert!(!shipped.agent.apply_on_start);
+        shipped.agent.profile = None;
+        assert_eq!(shipped, Settings::default());
     }
 
     #[test]
@@ -1301,7 +1746,7 @@ mod tests {
             (
                 "[unit]\n",
                 "1:2: unknown section `unit`, expected one of `agent`, `enforce`, `listen`, \
-                 `tls`, `roles`, `rpc`, `units`",
+                 `tls`, `roles`, `rpc`, `units`, `health`",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err(), err, "{text}");

@@ -722,6 +722,32 @@ pub async fn status_all<M: UnitManager>(
     futures_util::future::try_join_all(units.iter().map(|u| m.status(u))).await
 }
 
+/// The ActiveState of each unit for the health checks, on one connection asked concurrently. A
+/// unit systemd does not know is reported as `not-found` (its LoadState), never as active.
+pub async fn active_states(
+    bus: &str,
+    units: &[UnitName],
+) -> Result<Vec<crate::health::UnitState>, String> {
+    if let Some(UnitsObserved::NoBus(why) | UnitsObserved::Failed(why)) = no_bus(bus) {
+        return Err(why);
+    }
+    let systemd = Systemd::connect(bus).await.map_err(|e| e.to_string())?;
+    let all = status_all(&systemd, units)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(all
+        .into_iter()
+        .map(|s| crate::health::UnitState {
+            active_state: if s.load_state == "not-found" {
+                s.load_state
+            } else {
+                s.active_state
+            },
+            unit: s.unit,
+        })
+        .collect())
+}
+
 /// One step of a platform stop or start.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {

@@ -10,7 +10,7 @@ fn agentctl(dir: &Path, args: &[&str]) -> Output {
     std::fs::write(
         &settings,
         format!(
-            "[listen]\nsocket = \"{}\"\nsocket_group = \"root\"\n",
+            "[listen]\nsocket = \"{}\"\nsocket_group = \"root\"\nmetrics = \"off\"\n",
             dir.join("agent.sock").display()
         ),
     )

@@ -1405,3 +1405,46 @@ async fn reflection_and_health_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stopping with subscribers
+
+/// SIGTERM ends open WatchDrift streams cleanly (end of stream, status OK) and the daemon exits
+/// 0: a graceful stop does not wait for subscribers (such as the collector) to hang up, nor
+/// cut them off with a broken connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_drift_streams_cleanly() {
+    let setup = Setup::new();
+    let (text, _) = drifted_profile("e2e-stop");
+    let profile = setup.profile("e2e-stop", &text);
+    let mut daemon = setup.start(&Opts::observe(&profile)).await;
+    let mut client = daemon.unix().await;
+    let mut stream = client
+        .watch_drift(pb::WatchDriftRequest {
+            initial_state: true,
+        })
+        .await
+        .expect("WatchDrift")
+        .into_inner();
+    next_event(
+        &mut stream,
+        DRIFT_KEY,
+        pb::DriftTransition::New,
+        EVENT_TIMEOUT,
+    )
+    .await;
+    daemon.signal(Signal::SIGTERM);
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(matches!(end, Ok(None)), "a clean end of stream: {end:?}");
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}\n{}", daemon.log_text());
+}

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use node_agent::settings::{
-    Agent, Enforce, EnforceTargets, Listen, Mode, ProfileSpec, Role, Roles, RpcLimits, Settings,
-    SettingsError, Timeout, Tls, Units,
+    Agent, Enforce, EnforceTargets, Health, LatencyBounds, Listen, Mode, PercentBounds,
+    ProfileSpec, Role, Roles, RpcLimits, Settings, SettingsError, Timeout, Tls, Units,
 };
 
 /// `{dir}` stands for the corpus directory.
@@ -30,12 +30,12 @@ const CASES: &[(&str, &str)] = &[
     (
         "unknown-section-limits",
         "{dir}/unknown-section-limits.toml:2:2: unknown section `limits`, expected one of \
-         `agent`, `enforce`, `listen`, `tls`, `roles`, `rpc`, `units`",
+         `agent`, `enforce`, `listen`, `tls`, `roles`, `rpc`, `units`, `health`",
     ),
     (
         "unknown-top-level-key",
         "{dir}/unknown-top-level-key.toml:1:1: unknown top-level key `profile`, expected one of \
-         `agent`, `enforce`, `listen`, `tls`, `roles`, `rpc`, `units`",
+         `agent`, `enforce`, `listen`, `tls`, `roles`, `rpc`, `units`, `health`",
     ),
     // [agent]
     (
@@ -180,7 +180,7 @@ const CASES: &[(&str, &str)] = &[
     (
         "listen-metrics-invalid",
         "{dir}/listen-metrics-invalid.toml:2:11: listen.metrics: invalid address \"127.0.0.1\": \
-         expected IP:PORT such as \"0.0.0.0:9443\" or \"[::1]:9443\"",
+         expected IP:PORT such as \"0.0.0.0:9443\" or \"[::1]:9443\", or \"off\"",
     ),
     (
         "listen-metrics-same-port",
@@ -254,6 +254,83 @@ const CASES: &[(&str, &str)] = &[
         "rpc-connections-zero",
         "{dir}/rpc-connections-zero.toml:2:19: rpc.max_connections: 0 is out of range: must be \
          from 1 to 65536",
+    ),
+    // [health]
+    (
+        "health-bounds-missing-crit",
+        "{dir}/health-bounds-missing-crit.toml:2:8: health.disk: missing field `crit`",
+    ),
+    (
+        "health-bounds-unknown-key",
+        "{dir}/health-bounds-unknown-key.toml:2:34: health.inodes: unknown field `critical`, expected `warn` or `crit`",
+    ),
+    (
+        "health-clock-zero",
+        "{dir}/health-clock-zero.toml:2:19: health.clock_max_error: 0s is out of range: must be from 1ms to 10s",
+    ),
+    (
+        "health-cpu-sample-too-short",
+        "{dir}/health-cpu-sample-too-short.toml:2:23: health.cpu_sample_interval: 5ms is out of range: must be from 10ms to 5s",
+    ),
+    (
+        "health-endpoint-bad-host",
+        "{dir}/health-endpoint-bad-host.toml:2:9: health.endpoints.cache: invalid endpoint address \"cache host:6379\": the host is neither an IP address nor a DNS name (expected HOST:PORT such as \"10.0.0.5:9000\", \"[fd00::5]:9000\" or \"db1.example.net:5432\")",
+    ),
+    (
+        "health-endpoint-bad-name",
+        "{dir}/health-endpoint-bad-name.toml:2:1: health.endpoints: invalid endpoint name \"Exchange\": 1-64 characters of lowercase letters, digits, '-' and '_', starting with a letter",
+    ),
+    (
+        "health-endpoint-no-port",
+        "{dir}/health-endpoint-no-port.toml:2:18: health.endpoints.exchange-front: invalid endpoint address \"10.0.0.5\": no port (expected HOST:PORT such as \"10.0.0.5:9000\", \"[fd00::5]:9000\" or \"db1.example.net:5432\")",
+    ),
+    (
+        "health-endpoint-port-zero",
+        "{dir}/health-endpoint-port-zero.toml:2:12: health.endpoints.database: invalid endpoint address \"db1.example.net:0\": the port must be a number from 1 to 65535 (expected HOST:PORT such as \"10.0.0.5:9000\", \"[fd00::5]:9000\" or \"db1.example.net:5432\")",
+    ),
+    (
+        "health-interval-too-short",
+        "{dir}/health-interval-too-short.toml:2:12: health.interval: 1s is out of range: must be from 5s to 1h",
+    ),
+    (
+        "health-mount-duplicate",
+        "{dir}/health-mount-duplicate.toml:1:1: health: mounts: /var is listed twice (entry 3)",
+    ),
+    (
+        "health-mount-relative",
+        "{dir}/health-mount-relative.toml:2:16: health.mounts[1]: invalid path \"var\": must be absolute",
+    ),
+    (
+        "health-percent-too-big",
+        "{dir}/health-percent-too-big.toml:2:27: health.cpu.crit: 101 is out of range: must be from 1 to 100",
+    ),
+    (
+        "health-percent-zero",
+        "{dir}/health-percent-zero.toml:2:19: health.memory.warn: 0 is out of range: must be from 1 to 100",
+    ),
+    (
+        "health-tcp-timeout-below-crit",
+        "{dir}/health-tcp-timeout-below-crit.toml:1:1: health: tcp_timeout 1s is below tcp_latency.crit 2s: a connect slower than crit must still be measured",
+    ),
+    (
+        "health-tcp-timeout-too-long",
+        "{dir}/health-tcp-timeout-too-long.toml:2:15: health.tcp_timeout: 1min is out of range: must be from 1ms to 10s",
+    ),
+    (
+        "health-tcp-warn-above-crit",
+        "{dir}/health-tcp-warn-above-crit.toml:2:15: health.tcp_latency: warn 50ms is above crit 30ms: warn must be at most crit",
+    ),
+    (
+        "health-unknown-key",
+        "{dir}/health-unknown-key.toml:2:1: health: unknown field `thresholds`, expected one of `interval`, `mounts`, `disk`, `inodes`, `memory`, `cpu`, `cpu_sample_interval`, `tcp_latency`, `tcp_timeout`, `clock_max_error`, `endpoints`",
+    ),
+    (
+        "health-warn-above-crit",
+        "{dir}/health-warn-above-crit.toml:2:8: health.disk: warn 95 is above crit 85: warn must be at most crit",
+    ),
+    (
+        "listen-metrics-word",
+        "{dir}/listen-metrics-word.toml:2:11: listen.metrics: invalid address \"on\": expected IP:PORT such as \"0.0.0.0:9443\" or \"[::1]:9443\", or \"off\"",
     ),
 ];
 
@@ -336,7 +413,7 @@ max_per_hour = 12
 socket = "/run/node-agent/admin.sock"
 socket_group = "trading-ops"
 tcp = "[::]:9443"
-metrics = "127.0.0.1:9750"
+metrics = "10.0.0.17:9100"
 
 [tls]
 cert = "/etc/node-agent/tls/host-a17.crt"
@@ -357,6 +434,19 @@ max_connections = 32
 order = ["md-feed", "engine.service"]
 job_timeout = "45s"
 drain = { "engine.service" = "20s" }
+
+[health]
+interval = "1min"
+mounts = ["/", "/var/lib/trading"]
+disk = { warn = 80, crit = 90 }
+inodes = { warn = 70, crit = 99 }
+memory = { warn = 60, crit = 80 }
+cpu = { warn = 50, crit = 75 }
+cpu_sample_interval = "100ms"
+tcp_latency = { warn = "2ms", crit = "5ms" }
+tcp_timeout = "500ms"
+clock_max_error = "2ms"
+endpoints = { exchange-front = "10.20.0.5:9000", database = "db1.example.net:5432", cache = "[fd00::7]:6379" }
 "#;
 
 fn secs(s: u64) -> Timeout {
@@ -395,7 +485,7 @@ fn full_file_parses_to_the_typed_values() {
             socket: "/run/node-agent/admin.sock".into(),
             socket_group: "trading-ops".parse().unwrap(),
             tcp: Some("[::]:9443".parse::<SocketAddr>().unwrap()),
-            metrics: Some("127.0.0.1:9750".parse::<SocketAddr>().unwrap()),
+            metrics: Some("10.0.0.17:9100".parse::<SocketAddr>().unwrap()),
         },
         tls: Some(Tls {
             cert: "/etc/node-agent/tls/host-a17.crt".into(),
@@ -420,8 +510,38 @@ fn full_file_parses_to_the_typed_values() {
             job_timeout: secs(45),
             drain: [("engine".parse().unwrap(), secs(20))].into(),
         },
+        health: Health {
+            interval: secs(60),
+            mounts: vec!["/".into(), "/var/lib/trading".into()],
+            disk: PercentBounds::new(80, 90).unwrap(),
+            inodes: PercentBounds::new(70, 99).unwrap(),
+            memory: PercentBounds::new(60, 80).unwrap(),
+            cpu: PercentBounds::new(50, 75).unwrap(),
+            cpu_sample_interval: Timeout(Duration::from_millis(100)),
+            tcp_latency: LatencyBounds {
+                warn: Timeout(Duration::from_millis(2)),
+                crit: Timeout(Duration::from_millis(5)),
+            },
+            tcp_timeout: Timeout(Duration::from_millis(500)),
+            clock_max_error: Timeout(Duration::from_millis(2)),
+            endpoints: [
+                ("exchange-front", "10.20.0.5:9000"),
+                ("database", "db1.example.net:5432"),
+                ("cache", "[fd00::7]:6379"),
+            ]
+            .iter()
+            .map(|(n, a)| (n.parse().unwrap(), a.parse().unwrap()))
+            .collect(),
+        },
     };
     assert_eq!(got, want);
+    // What the checks are held to.
+    let checks = got.health.checks();
+    assert_eq!(checks.tcp_latency_ms.crit, 5.0);
+    assert_eq!(checks.disk.warn, 80.0);
+    assert_eq!(checks.mounts, ["/", "/var/lib/trading"]);
+    let names: Vec<&str> = checks.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["cache", "database", "exchange-front"]);
 
     // What the daemon asks of them.
     assert_eq!(
@@ -500,10 +620,21 @@ fn the_defaults() {
     );
     assert_eq!(d.listen.socket, Path::new("/run/node-agent/agent.sock"));
     assert_eq!(d.listen.socket_group.as_str(), "node-agent-admin");
+    assert_eq!((d.listen.tcp, &d.tls), (None, &None));
+    // Metrics on, loopback only.
     assert_eq!(
-        (d.listen.tcp, d.listen.metrics, &d.tls),
-        (None, None, &None)
+        d.listen.metrics,
+        Some("127.0.0.1:9750".parse::<SocketAddr>().unwrap())
     );
+    // The operations manual's thresholds.
+    let h = d.health.checks();
+    assert_eq!(
+        (h.disk.warn, h.memory.warn, h.memory.crit),
+        (85.0, 70.0, 85.0)
+    );
+    assert_eq!((h.cpu.warn, h.cpu.crit), (70.0, 85.0));
+    assert_eq!((h.tcp_latency_ms.warn, h.tcp_latency_ms.crit), (10.0, 30.0));
+    assert!(h.endpoints.is_empty());
     assert!(d.roles.observers.is_empty() && d.roles.operators.is_empty());
     assert_eq!(
         d.rpc,
@@ -516,10 +647,21 @@ fn the_defaults() {
     );
 }
 
+/// The packaged settings are the defaults but for one documented difference: the package
+/// names the shipped trading profile so node-agentd starts, in observe mode, never applying
+/// on its own (docs/ARCHITECTURE.md, "Packages").
 #[test]
 fn shipped_example_is_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
-    assert_eq!(Settings::load(&path, true).unwrap(), Settings::default());
+    let mut shipped = Settings::load(&path, true).unwrap();
+    assert_eq!(
+        shipped.agent.profile,
+        Some(ProfileSpec::Name("trading-latency".parse().unwrap()))
+    );
+    assert_eq!(shipped.agent.mode, Mode::Observe);
+    assert!(!shipped.agent.apply_on_start);
+    shipped.agent.profile = None;
+    assert_eq!(shipped, Settings::default());
 }
 
 #[test]

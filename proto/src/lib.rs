@@ -11,6 +11,15 @@ pub mod nodeagent {
     pub mod v1 {
         tonic::include_proto!("nodeagent.v1");
     }
+
+    /// The `nodeagent.fleet` packages: the collector's API.
+    pub mod fleet {
+        /// Package `nodeagent.fleet.v1` (nodeagent/fleet/v1/fleet.proto): the `Fleet` service
+        /// of node-collector.
+        pub mod v1 {
+            tonic::include_proto!("nodeagent.fleet.v1");
+        }
+    }
 }
 
 pub use nodeagent::v1;
@@ -32,3 +41,15 @@ pub const SERVICE_NAME: &str = v1::node_agent_server::SERVICE_NAME;
 /// without which grpcurl cannot resolve `grpc.health.v1.Health` through reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/nodeagent_descriptor.bin"));
+
+/// The collector's Fleet API, package `nodeagent.fleet.v1` (docs/API.md, "Fleet API").
+pub use nodeagent::fleet::v1 as fleet_v1;
+
+/// The fully qualified name of the collector's service.
+pub const FLEET_SERVICE_NAME: &str = fleet_v1::fleet_server::SERVICE_NAME;
+
+/// The encoded `google.protobuf.FileDescriptorSet` of the Fleet API (with the well-known types
+/// it imports), for the collector's server reflection. Separate from `FILE_DESCRIPTOR_SET`, so
+/// the agent advertises nodeagent.v1 only.
+pub const FLEET_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fleet_descriptor.bin"));

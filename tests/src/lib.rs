@@ -13,6 +13,9 @@
 //! NODE_AGENT_SYSTEMD_TESTS=1 cargo test -p node-agent-e2e
 //! ```
 //!
+//! The package tests (tests/tests/package_*.rs, [`package`]) install the .deb and .rpm that
+//! `cargo xtask package` built: they have their own switch, `NODE_AGENT_PACKAGE_TESTS=1`.
+//!
 //! # What the machine needs
 //!
 //! - Debian packages `systemd-container` (systemd-nspawn) and `debootstrap`, plus util-linux
@@ -40,6 +43,7 @@
 //! for a container is readiness polling of an external process with a bounded deadline.
 
 pub mod nspawn;
+pub mod package;
 pub mod standin;
 
 use std::path::PathBuf;

@@ -811,6 +811,29 @@ fn remote_units(container: &Container, cn: &str) -> (i32, Vec<serde_json::Value>
 }
 
 /// ActiveState, SubState and MainPID of a unit, as systemd has them.
+/// The status of each `units.<unit>` check of `agentctl health --remote` (observer), in the
+/// settings' order; every managed unit must have one.
+fn remote_unit_health(container: &Container) -> Vec<String> {
+    let (_, out, err) = remote(container, "watcher", &["-o", "json", "health"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    managed_units()
+        .iter()
+        .map(|u| {
+            let name = format!("units.{u}");
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name.as_str())
+                .unwrap_or_else(|| panic!("no {name} check: {report:#}"))["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 fn unit_state(container: &Container, unit: &str) -> (String, String, u32) {
     let s = show_unit(container, unit, &["ActiveState", "SubState", "MainPID"]);
     (
@@ -997,6 +1020,39 @@ fn remote_units_and_platform_over_mutual_tls() {
         assert_eq!(u["sub_state"], s["SubState"].as_str(), "{u:#}");
         assert_eq!(u["main_pid"].to_string(), s["MainPID"], "{u:#}");
     }
+    // GetHealth (an observer may ask): every managed unit's check is ok while it runs.
+    assert_eq!(remote_unit_health(&container), vec!["ok"; units.len()]);
+    // The clock: the unit puts no seccomp filter on adjtimex (no ProtectClock=, which denies
+    // @clock). nspawn itself denies @clock to a container without CAP_SYS_TIME (not given: it
+    // would let the container set the host's clock), so here the check says why it is unknown.
+    let props = show_unit(
+        &container,
+        "node-agentd.service",
+        &["ProtectClock", "SystemCallFilter"],
+    );
+    assert_eq!(props["ProtectClock"], "no", "{props:?}");
+    // Empty, or a deny list ("~…") without adjtimex.
+    let filter = &props["SystemCallFilter"];
+    assert!(
+        filter.is_empty() || (filter.starts_with('~') && !filter.contains("adjtimex")),
+        "{props:?}"
+    );
+    let (_, out, err) = remote(&container, "watcher", &["-o", "json", "health"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&err);
+    let clock = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "clock.sync")
+        .unwrap_or_else(|| panic!("no clock.sync: {report:#}"));
+    assert_eq!(clock["status"], "unknown", "{clock:#}");
+    assert!(
+        clock["message"]
+            .as_str()
+            .unwrap()
+            .contains("adjtimex(2) refused"),
+        "{clock:#}"
+    );
     // Named units: those only; a unit the daemon does not manage is invalid input.
     let (code, out, err) = remote(
         &container,
@@ -1199,6 +1255,11 @@ fn remote_units_and_platform_over_mutual_tls() {
         list.iter().all(|u| u["active_state"] == "inactive"),
         "{list:#?}"
     );
+    // ... and crit in the health checks, which then exit 2 (the plugin code for crit).
+    assert_eq!(remote_unit_health(&container), vec!["crit"; units.len()]);
+    let (code, out, err) = remote(&container, "watcher", &["health"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains(&format!("{} is inactive", units[0])), "{out}");
 
     // --- And up again, in order.
     let (code, out, err) = remote(&container, "ops", &["platform", "start"]);

@@ -76,7 +76,7 @@ fn target(cli: &Cli) -> Result<client::Daemon, CliError> {
 }
 
 /// Connects; `Ok(None)` when the local daemon is not running (never for --remote).
-async fn connect(
+pub(super) async fn connect(
     cli: &Cli,
 ) -> Result<Option<pb::node_agent_client::NodeAgentClient<tonic::transport::Channel>>, CliError> {
     let daemon = target(cli)?;

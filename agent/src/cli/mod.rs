@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 
 mod daemon;
+pub mod fleet;
+mod health;
 
 use crate::audit::{Audit, Caller};
 use crate::host::HostRoot;
@@ -142,16 +144,16 @@ pub struct Cli {
     /// --key and --ca).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub remote: Option<String>,
-    /// Client certificate (PEM) for --remote.
+    /// Client certificate (PEM) for --remote and `fleet status --collector`.
     #[arg(long, global = true, value_name = "PATH")]
     pub cert: Option<std::path::PathBuf>,
-    /// Client key (PEM) for --remote.
+    /// Client key (PEM) for --remote and `fleet status --collector`.
     #[arg(long, global = true, value_name = "PATH")]
     pub key: Option<std::path::PathBuf>,
-    /// CA certificate (PEM) the remote's server certificate must chain to.
+    /// CA certificate (PEM) the remote's (or the collector's) server certificate must chain to.
     #[arg(long, global = true, value_name = "PATH")]
     pub ca: Option<std::path::PathBuf>,
-    /// The name the remote's certificate carries [default: HOST of --remote].
+    /// The name the remote's certificate carries [default: HOST of --remote or --collector].
     #[arg(long, global = true, value_name = "NAME")]
     pub server_name: Option<String>,
     #[command(subcommand)]
@@ -199,6 +201,25 @@ pub enum Command {
     /// Certificates for trying mutual TLS: a test-fleet CA, a server and client certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// The fleet as a node-collector sees it (its gRPC API, mutual TLS).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
+    /// Host health checks: managed units, disk and inodes, memory, CPU (housekeeping CPUs with
+    /// an isolation layout), TCP connect latency to the [health] endpoints, clock
+    /// synchronisation, and the profile's drift. Thresholds are the settings' [health].
+    ///
+    /// Asks node-agentd (or --remote); runs the checks here when no daemon answers. Exits with
+    /// the monitoring-plugin codes: 0 ok, 1 warn, 2 crit, 3 unknown — also 3 when the checks
+    /// could not run at all (bad settings, daemon refused), never 2.
+    Health {
+        /// Run the checks on this host even when node-agentd runs.
+        #[arg(long)]
+        local: bool,
+        /// The profile whose drift a local run reports (default: the settings' agent.profile);
+        /// implies a local run.
+        #[arg(long, value_name = "NAME|PATH")]
+        profile: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -457,6 +478,9 @@ pub fn run(
     notes: &mut dyn Write,
 ) -> Result<Exit, CliError> {
     match &cli.command {
+        Command::Health { local, profile } => {
+            health::run(cli, ctx, *local, profile.as_deref(), out, notes)
+        }
         Command::Tune(Tune::Verify { profile, strict }) => {
             let spec = match daemon::verify(cli, profile, *strict, out, notes)? {
                 daemon::Handled::Done(exit) => return Ok(exit),
@@ -529,6 +553,7 @@ pub fn run(
         Command::Isolation(cmd) => isolation_cmd(cli, ctx, cmd, out),
         Command::Daemon(DaemonCmd::Status) => daemon::status(cli, out),
         Command::Enforce(cmd) => daemon::enforce(cli, cmd, out),
+        Command::Fleet(cmd) => fleet::run(cli, cmd, out),
         Command::Certs(CertsCmd::Generate {
             dir,
             server_names,

@@ -989,6 +989,74 @@ impl From<pb::PlatformReport> for PlatformReport {
     }
 }
 
+// ---- health ----
+
+impl From<crate::health::Status> for pb::HealthStatus {
+    fn from(s: crate::health::Status) -> Self {
+        use crate::health::Status as H;
+        match s {
+            H::Ok => pb::HealthStatus::Ok,
+            H::Warn => pb::HealthStatus::Warn,
+            H::Crit => pb::HealthStatus::Crit,
+            H::Unknown => pb::HealthStatus::Unknown,
+        }
+    }
+}
+
+/// A status from the wire; one this client does not know (or unset) is `unknown`.
+pub fn health_status_from_proto(v: i32) -> crate::health::Status {
+    use crate::health::Status as H;
+    match pb::HealthStatus::try_from(v) {
+        Ok(pb::HealthStatus::Ok) => H::Ok,
+        Ok(pb::HealthStatus::Warn) => H::Warn,
+        Ok(pb::HealthStatus::Crit) => H::Crit,
+        _ => H::Unknown,
+    }
+}
+
+impl From<&crate::health::HealthReport> for pb::GetHealthResponse {
+    fn from(r: &crate::health::HealthReport) -> Self {
+        pb::GetHealthResponse {
+            status: pb::HealthStatus::from(r.status) as i32,
+            checks: r
+                .checks
+                .iter()
+                .map(|c| pb::HealthCheck {
+                    name: c.name.clone(),
+                    status: pb::HealthStatus::from(c.status) as i32,
+                    value: c.value_text(),
+                    threshold: c.threshold.clone(),
+                    message: c.message.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The report from the wire (agentctl through the daemon): the value is the number in front
+/// of its unit, and the overall status is recomputed from the checks (never better than the
+/// daemon's).
+pub fn health_from_proto(r: &pb::GetHealthResponse) -> crate::health::HealthReport {
+    let checks: Vec<crate::health::Check> = r
+        .checks
+        .iter()
+        .map(|c| crate::health::Check {
+            name: c.name.clone(),
+            status: health_status_from_proto(c.status),
+            value: c
+                .value
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok()),
+            threshold: c.threshold.clone(),
+            message: c.message.clone(),
+        })
+        .collect();
+    let mut report = crate::health::HealthReport::new(checks);
+    report.status = report.status.max(health_status_from_proto(r.status));
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,7 +158,7 @@ impl ConnectionLimit {
         self.max - self.permits.available_permits()
     }
 
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
     }
 }

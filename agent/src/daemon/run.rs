@@ -200,6 +200,15 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
         _ => None,
     };
 
+    // Bound before the capabilities go (a port below 1024 needs NET_BIND_SERVICE), and before
+    // READY: an address in use stops the start with the key named.
+    let metrics = match settings.listen.metrics {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            failed(anyhow::Error::new(e).context(format!("listen.metrics: cannot bind {addr}")))
+        })?),
+        None => None,
+    };
+
     // Needs the capabilities still: reading PID 1's namespace link.
     if crate::system::private_mount_namespace() {
         log::info!(
@@ -321,6 +330,23 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
     }
     log::info!("serving on {}", settings.listen.socket.display());
 
+    if let Some(listener) = metrics {
+        log::info!(
+            "serving metrics on http://{}/metrics",
+            listener.local_addr().map_err(failed)?
+        );
+        let d = daemon.clone();
+        let render = move || d.metrics_text();
+        // Its own small limit: scrapers never take the API's connections.
+        // Returns only at shutdown: accept errors are logged and retried inside.
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            ConnectionLimit::new(16),
+            render,
+            shutdown.clone(),
+        ));
+    }
+    let health = tokio::spawn(health_loop(daemon.clone(), shutdown.clone()));
     let watcher = tokio::spawn(watch_loop(daemon.clone(), shutdown.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
@@ -370,12 +396,15 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Streams first: a graceful stop waits for open streams, and WatchDrift never ends alone.
+    daemon.close();
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while servers.join_next().await.is_some() {}
     })
     .await;
     watcher.abort();
+    health.abort();
     drop(pm_qos);
     let _ = std::fs::remove_file(&settings.listen.socket);
     Ok(())
@@ -383,6 +412,25 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), Stop> {
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, Stop> {
     tokio::signal::unix::signal(kind).map_err(failed)
+}
+
+/// Runs the health checks at once and then every `health.interval` (read afresh each round),
+/// for the metrics; GetHealth runs its own.
+async fn health_loop(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let run = daemon.health_now().await;
+        log::debug!(
+            "health {}: {} checks in {:?}",
+            run.report.status,
+            run.report.checks.len(),
+            run.took
+        );
+        let interval = daemon.settings().health.interval.0;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Verifies every interval (read afresh each round: SIGHUP may change it) and enforces.

@@ -142,7 +142,7 @@ impl NodeAgent for Service {
         } else {
             Vec::new()
         };
-        let stream = drift_stream(initial, rx);
+        let stream = drift_stream(initial, rx, self.daemon.closing());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -314,9 +314,12 @@ impl NodeAgent for Service {
         &self,
         _req: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetHealth comes with the health checks (issue 7); this agent does not run them yet",
-        ))
+        // A fresh run (about the CPU sample interval, at most the TCP timeout more), also
+        // kept for the metrics.
+        let run = self
+            .bounded(async { Ok(self.daemon.health_now().await) })
+            .await?;
+        Ok(Response::new((&run.report).into()))
     }
 
     async fn enforce_pause(
@@ -394,16 +397,23 @@ fn scope_of(classes: &[i32]) -> Result<OwnedScope, Status> {
 
 /// The initial state, then every drift event as it happens. A subscriber too slow to keep up
 /// gets RESOURCE_EXHAUSTED and the stream ends: it must resubscribe rather than miss events.
+/// The stream also ends (OK) when the daemon shuts down, so a stop does not wait for its
+/// subscribers to hang up.
 fn drift_stream(
     initial: Vec<pb::DriftEvent>,
     rx: tokio::sync::broadcast::Receiver<super::drift::DriftEvent>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<pb::DriftEvent, Status>> + Send {
     use tokio::sync::broadcast::error::RecvError;
     let first = tokio_stream::iter(initial.into_iter().map(Ok));
-    let rest = futures_util::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await {
-            Ok(e) => Some((Ok((&e).into()), Some(rx))),
+    let rest = futures_util::stream::unfold(Some((rx, closing)), |state| async move {
+        let (mut rx, mut closing) = state?;
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            _ = closing.wait_for(|c| *c) => return None,
+        };
+        match next {
+            Ok(e) => Some((Ok((&e).into()), Some((rx, closing)))),
             Err(RecvError::Lagged(n)) => Some((
                 Err(Status::resource_exhausted(format!(
                     "this subscriber fell {n} drift events behind; subscribe again (with \

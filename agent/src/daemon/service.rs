@@ -11,7 +11,9 @@ use tokio::sync::broadcast;
 use super::drift::{self, DriftEvent};
 use super::enforce::{self, HeldBack, Limiter, Pause};
 use crate::audit::{Audit, Caller};
+use crate::health;
 use crate::host::HostRoot;
+use crate::metrics::HealthRun;
 use crate::profile::{self, Profile, ProfileError, SearchPath};
 use crate::rollback::apply::{self, ApplyError, ApplyOutcome, RollbackOutcome, Session, SystemdOp};
 use crate::rollback::journal::{StateDir, StateError};
@@ -144,7 +146,21 @@ pub struct Daemon {
     /// signals a change (`units::UnitsCache`); the lock makes concurrent verifies share one
     /// fetch.
     units: tokio::sync::Mutex<UnitsCache>,
+    /// Every verify's duration, for the metrics.
+    verify_duration: prometheus_client::metrics::histogram::Histogram,
+    /// The last health run, for the metrics.
+    health: RwLock<Option<HealthRun>>,
+    /// Turns true when the daemon stops: open WatchDrift streams end.
+    closing: tokio::sync::watch::Sender<bool>,
     pub started: Instant,
+}
+
+/// Seconds since the epoch with their fraction, for timestamps in the metrics.
+pub fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 pub fn now() -> u64 {
@@ -178,6 +194,9 @@ impl Daemon {
             limiter: Mutex::new(limiter),
             audit,
             units: tokio::sync::Mutex::new(UnitsCache::new()),
+            verify_duration: crate::metrics::verify_duration_histogram(),
+            health: RwLock::new(None),
+            closing: tokio::sync::watch::Sender::new(false),
             started: Instant::now(),
         })
     }
@@ -199,6 +218,16 @@ impl Daemon {
             .ok()
             .and_then(|l| l.clone())
             .filter(|v| v.profile_hash == hash)
+    }
+
+    /// Ends the open drift streams (shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns true at shutdown.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<DriftEvent> {
@@ -262,6 +291,7 @@ impl Daemon {
             at: now(),
             took: started.elapsed(),
         };
+        self.verify_duration.observe(verified.took.as_secs_f64());
         let previous = self
             .last
             .write()
@@ -274,6 +304,53 @@ impl Daemon {
             let _ = self.drift.send(event);
         }
         Ok(verified)
+    }
+
+    /// Runs the health checks now (settings' `[health]`, the managed units over the bus, the
+    /// last verify's drift) and keeps the result for the metrics.
+    pub async fn health_now(&self) -> HealthRun {
+        let started = Instant::now();
+        let settings = self.settings();
+        let active = self.active();
+        let drift = Some(
+            self.last()
+                .map(|v| v.report.summary.clone())
+                .ok_or_else(|| "the active profile has not been verified yet".to_owned()),
+        );
+        let inputs = health::gather_inputs(
+            &self.env.host,
+            &self.env.bus,
+            active.profile.settings.isolation.as_ref(),
+            &settings.units.order,
+            drift,
+        )
+        .await;
+        let report = health::run(&self.env.host, &settings.health.checks(), &inputs).await;
+        let run = HealthRun {
+            report,
+            at: now_f64(),
+            took: started.elapsed(),
+            isolation: inputs.layout.is_some(),
+        };
+        if let Ok(mut h) = self.health.write() {
+            *h = Some(run.clone());
+        }
+        run
+    }
+
+    /// The metrics text of one scrape, from what the daemon has (reads no kernel file).
+    pub fn metrics_text(&self) -> String {
+        let active = self.active();
+        let last = self.last();
+        let health = self.health.read().ok().and_then(|h| h.clone());
+        crate::metrics::encode(&crate::metrics::Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            profile: &active.profile.name,
+            profile_hash: &active.hash,
+            verified: last.as_ref().map(|v| (&*v.report, v.at as f64)),
+            health: health.as_ref(),
+            verify_duration: &self.verify_duration,
+        })
     }
 
     /// The pause in effect, if any.

@@ -47,6 +47,11 @@ pub struct Opts {
     /// Listen on 127.0.0.1 (a free port) with mutual TLS.
     pub tcp: bool,
     pub max_message_bytes: Option<u64>,
+    /// Serve /metrics on 127.0.0.1 at this port; `None`: `metrics = "off"` (tests run daemons
+    /// side by side, and the default 127.0.0.1:9750 would collide).
+    pub metrics: Option<u16>,
+    /// Extra settings text appended at the end (e.g. a `[health]` table).
+    pub extra: String,
 }
 
 impl Opts {
@@ -60,6 +65,8 @@ impl Opts {
             min_interval: "1s",
             tcp: false,
             max_message_bytes: None,
+            metrics: None,
+            extra: String::new(),
         }
     }
 }
@@ -290,6 +297,14 @@ impl Setup {
             toml_path(&self.socket()),
             toml_str(&socket_group()),
         );
+        s.push_str(&format!(
+            "metrics = {}\n",
+            toml_str(
+                &opts
+                    .metrics
+                    .map_or("off".to_owned(), |p| format!("127.0.0.1:{p}"))
+            )
+        ));
         if let (true, Some(port)) = (opts.tcp, port) {
             s.push_str(&format!(
                 "tcp = {}\n\n[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n\n\
@@ -305,6 +320,7 @@ impl Setup {
         if let Some(max) = opts.max_message_bytes {
             s.push_str(&format!("\n[rpc]\nmax_message_bytes = {max}\n"));
         }
+        s.push_str(&opts.extra);
         s
     }
 
