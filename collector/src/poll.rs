@@ -169,7 +169,10 @@ impl Agents {
         // The scheme is http: TLS is the connector's.
         let channel = Endpoint::from_shared(format!("http://{}", host.address))
             .map_err(|e| format!("invalid endpoint {}: {e}", host.address))?
-            .connect_timeout(deadline)
+            // A backstop for the WatchDrift subscriptions: a poll is bounded by its own
+            // deadline (`poll_host`), which must fire first so an operator reads "no answer
+            // within the deadline" rather than a transport timer racing it.
+            .connect_timeout(deadline + CONNECT_GRACE)
             .http2_keep_alive_interval(Duration::from_secs(60))
             .keep_alive_timeout(Duration::from_secs(20))
             .connect_with_connector_lazy(connector);
@@ -297,6 +300,9 @@ async fn verify(client: &mut NodeAgentClient<Channel>) -> Result<Option<Vec<Item
         Err(s) => Err(Outcome::Failed(status_error("Verify", &s))),
     }
 }
+
+/// How much longer than the poll deadline a connection attempt may take (see `channel`).
+const CONNECT_GRACE: Duration = Duration::from_millis(500);
 
 /// Polls one agent within `deadline`.
 pub async fn poll_host(

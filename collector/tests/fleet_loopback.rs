@@ -462,8 +462,8 @@ async fn deadline_and_backoff_bound_slow_and_down_hosts() {
     let settings = Poll {
         interval: Duration::from_secs(30),
         concurrency: 4,
-        // Well above a debug-build TLS handshake on a loaded 2-core machine (300 ms was not),
-        // so only the silent host can miss it.
+        // Generous for a debug-build handshake on a loaded 2-core machine: only the silent
+        // host may miss it.
         deadline: Duration::from_millis(3000),
         backoff_min: Duration::from_secs(600),
         backoff_max: Duration::from_secs(3600),
