@@ -46,6 +46,9 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/stats.rs"]
+mod stats;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
@@ -67,6 +70,7 @@ use node_agent::settings::Settings;
 use node_agent::tuning;
 use node_agent_proto::v1 as pb;
 use prost::Message as _;
+use stats::{Stats, stats, us};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -448,32 +452,6 @@ fn file_size(p: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // Latency statistics
 // ---------------------------------------------------------------------------------------------
-
-struct Stats {
-    n: usize,
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let n = samples.len();
-    assert!(n > 0, "no samples");
-    let pct = |p: f64| samples[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
-    Stats {
-        n,
-        p50: pct(0.50),
-        p90: pct(0.90),
-        p99: pct(0.99),
-        max: samples[n - 1],
-    }
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e6)
-}
 
 fn latency_header() {
     println!("| case | calls | p50 µs | p90 µs | p99 µs | max µs |");

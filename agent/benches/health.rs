@@ -21,6 +21,9 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/stats.rs"]
+mod stats;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ use node_agent::health::{self, Endpoint, HealthInputs, HealthSettings};
 use node_agent::host::HostRoot;
 use node_agent::metrics::{self, HealthRun, Snapshot};
 use node_agent::profile::{self, SearchPath};
+use stats::{Stats, stats, us};
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -142,28 +146,6 @@ fn scrape(c: &mut TcpStream, close: bool) -> String {
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).unwrap();
     String::from_utf8(body).unwrap()
-}
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    n: usize,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    Stats {
-        p50: at(0.50),
-        p99: at(0.99),
-        max: *v.last().unwrap(),
-        n: v.len(),
-    }
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
 fn row(case: &str, s: &Stats) {

@@ -151,9 +151,27 @@ fn show_duration(d: Duration) -> String {
 fn duration_in<'de, D: Deserializer<'de>, const MIN_S: u64, const MAX_S: u64>(
     d: D,
 ) -> Result<Timeout, D::Error> {
+    duration_between(d, Duration::from_secs(MIN_S), Duration::from_secs(MAX_S))
+}
+
+/// serde `deserialize_with` for a short duration key with its own range, in milliseconds.
+fn duration_ms_in<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+    d: D,
+) -> Result<Timeout, D::Error> {
+    duration_between(
+        d,
+        Duration::from_millis(MIN_MS),
+        Duration::from_millis(MAX_MS),
+    )
+}
+
+fn duration_between<'de, D: Deserializer<'de>>(
+    d: D,
+    min: Duration,
+    max: Duration,
+) -> Result<Timeout, D::Error> {
     let text = DurationText::deserialize(d)?.0;
     let v = parse_duration(&text).map_err(serde::de::Error::custom)?;
-    let (min, max) = (Duration::from_secs(MIN_S), Duration::from_secs(MAX_S));
     if v < min || v > max {
         return Err(serde::de::Error::custom(format!(
             "{} is out of range: must be from {} to {}",
@@ -1213,26 +1231,12 @@ pub struct LatencyBounds {
     pub crit: Timeout,
 }
 
-/// serde `deserialize_with` for a short duration: 1 ms to 10 s.
-fn short_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Timeout, D::Error> {
-    let text = DurationText::deserialize(d)?.0;
-    let v = parse_duration(&text).map_err(serde::de::Error::custom)?;
-    let (min, max) = (Duration::from_millis(1), Duration::from_secs(10));
-    if v < min || v > max {
-        return Err(serde::de::Error::custom(format!(
-            "{} is out of range: must be from 1ms to 10s",
-            show_duration(v)
-        )));
-    }
-    Ok(Timeout(v))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LatencyBoundsRaw {
-    #[serde(deserialize_with = "short_duration")]
+    #[serde(deserialize_with = "duration_ms_in::<_, 1, 10_000>")]
     warn: Timeout,
-    #[serde(deserialize_with = "short_duration")]
+    #[serde(deserialize_with = "duration_ms_in::<_, 1, 10_000>")]
     crit: Timeout,
 }
 
@@ -1411,12 +1415,12 @@ struct HealthRaw {
     inodes: Option<PercentBounds>,
     memory: Option<PercentBounds>,
     cpu: Option<PercentBounds>,
-    #[serde(default, deserialize_with = "opt_sample_interval")]
+    #[serde(default, deserialize_with = "opt_duration_ms_in::<_, 10, 5_000>")]
     cpu_sample_interval: Option<Timeout>,
     tcp_latency: Option<LatencyBounds>,
-    #[serde(default, deserialize_with = "opt_short_duration")]
+    #[serde(default, deserialize_with = "opt_duration_ms_in::<_, 1, 10_000>")]
     tcp_timeout: Option<Timeout>,
-    #[serde(default, deserialize_with = "opt_short_duration")]
+    #[serde(default, deserialize_with = "opt_duration_ms_in::<_, 1, 10_000>")]
     clock_max_error: Option<Timeout>,
     endpoints: Option<BTreeMap<EndpointName, EndpointAddr>>,
 }
@@ -1427,19 +1431,10 @@ fn opt_duration_in<'de, D: Deserializer<'de>, const MIN_S: u64, const MAX_S: u64
     duration_in::<D, MIN_S, MAX_S>(d).map(Some)
 }
 
-fn opt_short_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timeout>, D::Error> {
-    short_duration(d).map(Some)
-}
-
-/// `health.cpu_sample_interval`: 10 ms to 5 s.
-fn opt_sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timeout>, D::Error> {
-    let v = short_duration(d)?;
-    if v.0 < Duration::from_millis(10) || v.0 > Duration::from_secs(5) {
-        return Err(serde::de::Error::custom(format!(
-            "{v} is out of range: must be from 10ms to 5s"
-        )));
-    }
-    Ok(Some(v))
+fn opt_duration_ms_in<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+    d: D,
+) -> Result<Option<Timeout>, D::Error> {
+    duration_ms_in::<D, MIN_MS, MAX_MS>(d).map(Some)
 }
 
 impl<'de> Deserialize<'de> for Health {

@@ -728,7 +728,7 @@ pub async fn active_states(
     bus: &str,
     units: &[UnitName],
 ) -> Result<Vec<crate::health::UnitState>, String> {
-    if let Some(UnitsObserved::NoBus(why) | UnitsObserved::Failed(why)) = no_bus(bus) {
+    if let Some(UnitsObserved::NoBus(why)) = no_bus(bus) {
         return Err(why);
     }
     let systemd = Systemd::connect(bus).await.map_err(|e| e.to_string())?;

@@ -1,25 +1,16 @@
-//! The fleet's Prometheus endpoint: `GET /metrics` in the Prometheus text format
-//! (prometheus-client's OpenMetrics text encoder), rendered from the current fleet snapshot at
-//! each scrape, so a host removed from the inventory leaves no stale series. Plain HTTP/1.1 on
-//! the hyper tonic already brings; loopback unless the configuration says otherwise.
+//! The fleet's Prometheus metrics: the Prometheus text format, rendered from the current fleet
+//! snapshot at each scrape, so a host removed from the inventory leaves no stale series. Served
+//! by the agent's /metrics server (`node_agent::metrics::serve`); loopback unless the
+//! configuration says otherwise.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::prometheus_text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::server::Snapshot;
 
@@ -116,64 +107,4 @@ pub fn render(snapshot: &Snapshot, poll: &PollMetrics) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
-}
-
-/// Serves `/metrics` on `listener` until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    poll: PollMetrics,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let snapshot = snapshot.clone();
-        let poll = poll.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let body = if req.uri().path() == "/metrics" && req.method() == hyper::Method::GET {
-                    let snap = snapshot.borrow().clone();
-                    Ok(render(&snap, &poll))
-                } else {
-                    Err(())
-                };
-                async move {
-                    Ok::<_, Infallible>(match body {
-                        Ok(text) => Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(text)))
-                            .unwrap_or_default(),
-                        Err(()) => Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"only GET /metrics here\n")))
-                            .unwrap_or_default(),
-                    })
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                log::debug!("metrics connection from {peer}: {e}");
-            }
-        });
-    }
-}
-
-/// Binds the metrics address (errors name it).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
-    TcpListener::bind(addr).await
 }

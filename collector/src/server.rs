@@ -25,6 +25,8 @@ use crate::store::{Store, StoreError};
 pub const HISTORY_CAP: u32 = 10_000;
 /// Open connections the gRPC listener accepts at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Open connections to the metrics endpoint (scrapers), apart from the Fleet API's.
+const METRICS_CONNECTIONS: usize = 16;
 
 /// What the readers (gRPC, metrics) see: the fleet after the last cycle.
 #[derive(Debug, Clone, Default)]
@@ -409,7 +411,7 @@ pub async fn serve(config: Config, inventory: Inventory) -> Result<(), Stop> {
     let grpc = TlsListener::bind(config.listen.grpc, tls_config.clone())
         .await
         .map_err(failed)?;
-    let metrics_listener = crate::metrics::bind(config.listen.metrics)
+    let metrics_listener = tokio::net::TcpListener::bind(config.listen.metrics)
         .await
         .map_err(|e| {
             failed(anyhow::Error::new(e).context(format!(
@@ -458,10 +460,14 @@ pub async fn serve(config: Config, inventory: Inventory) -> Result<(), Stop> {
         collector.inventory.hosts.len(),
         collector.config.inventory.display()
     );
-    let metrics_task = tokio::spawn(crate::metrics::serve(
+    let render = {
+        let (snap_rx, poll) = (snap_rx.clone(), poll_metrics.clone());
+        move || crate::metrics::render(&snap_rx.borrow().clone(), &poll)
+    };
+    let metrics_task = tokio::spawn(node_agent::metrics::serve(
         metrics_listener,
-        snap_rx,
-        poll_metrics.clone(),
+        ConnectionLimit::new(METRICS_CONNECTIONS),
+        render,
         stop_rx.clone(),
     ));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

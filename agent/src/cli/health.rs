@@ -12,7 +12,6 @@ use super::{Cli, CliError, Context, Exit, Output, block_on, json, load_settings}
 use crate::daemon::convert;
 use crate::health::{self, HealthReport, Status};
 use crate::profile;
-use crate::tuning;
 
 /// The plugin code as agentctl's exit (the numbers coincide: 0, 1, 2, 3).
 fn plugin_exit(s: Status) -> Exit {
@@ -111,15 +110,11 @@ fn local_report(
         }
     };
     let isolation = profile.as_ref().and_then(|p| p.settings.isolation.as_ref());
+    let drift = match &profile {
+        Some(p) => Some(Ok(super::verify_here(cli, ctx, p)?.summary)),
+        None => None,
+    };
     block_on(async {
-        let drift = match &profile {
-            Some(p) => {
-                let units = super::observe_units(cli, ctx, p)?;
-                let report = tuning::verify_with_units(&ctx.host, p, units.as_ref());
-                Some(Ok(report.summary))
-            }
-            None => None,
-        };
         let inputs =
             health::gather_inputs(&ctx.host, &ctx.bus, isolation, &settings.units.order, drift)
                 .await;

@@ -487,9 +487,7 @@ pub fn run(
                 daemon::Handled::Local(spec) => spec,
             };
             let profile = profile::load(&spec, &ctx.search)?;
-            let units = observe_units(cli, ctx, &profile)?;
-            let mut report = tuning::verify_with_units(&ctx.host, &profile, units.as_ref());
-            report.interrupted_apply = crate::rollback::journal::interrupted_apply(&ctx.state);
+            let report = verify_here(cli, ctx, &profile)?;
             match cli.output {
                 Output::Json => writeln!(out, "{}", report.to_json())?,
                 Output::Table => write!(out, "{}", report.to_table())?,
@@ -971,6 +969,15 @@ fn print_platform(
 /// something to check on them (unit limits, engine CPU affinity) and the host is the running
 /// machine (under another host root the bus is not that tree's). Also checks the isolation
 /// layout against the host's CPUs: a layout for another machine is invalid input.
+/// This host against `profile`, here rather than through the daemon: the units from the bus
+/// when the profile needs them, and an interrupted apply from the journal.
+fn verify_here(cli: &Cli, ctx: &Context, profile: &Profile) -> Result<Report, CliError> {
+    let units = observe_units(cli, ctx, profile)?;
+    let mut report = tuning::verify_with_units(&ctx.host, profile, units.as_ref());
+    report.interrupted_apply = crate::rollback::journal::interrupted_apply(&ctx.state);
+    Ok(report)
+}
+
 fn observe_units(
     cli: &Cli,
     ctx: &Context,
